@@ -1,0 +1,125 @@
+"""The engine's public surface: what the serving layer (pool, HTTP, chat) may rely on.
+
+Everything here is plain data or a Protocol; the implementation lives beside it. The engine is
+synchronous and thread-confined: one ``generate`` runs at a time per ``LoadedModel`` (the pool
+guarantees that) and it runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class EngineError(Exception):
+    """Base of the engine's errors; ``code`` is the OpenAI/ZeroMQ error code to report."""
+
+    code = "internal"
+
+
+class ModelLoadError(EngineError):
+    """The files could not be loaded (missing, corrupt, unsupported graph); the message says which."""
+
+    code = "load_failed"
+
+
+class ContextLengthExceeded(EngineError, ValueError):
+    """Prompt (plus room for at least one new token) is longer than the model's context."""
+
+    code = "context_length_exceeded"
+
+
+class TemplateError(EngineError, ValueError):
+    """The chat template could not render these messages (the template raised, or there is none)."""
+
+    code = "invalid_request"
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """Validated sampling options. ``None`` means "the model's generation_config default"."""
+
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stop: Sequence[str] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChoice:
+    """One generated token with its logprob and, if asked, the most likely alternatives."""
+
+    token_id: int
+    token: str
+    logprob: float
+    bytes: list[int]
+    top: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """A piece of output. ``text`` may be empty while bytes of a character or a possible stop string
+    are held back; the concatenation of all ``text`` is the exact completion. The last step has a
+    ``finish_reason`` (``stop`` | ``length`` | ``cancelled``)."""
+
+    text: str
+    tokens: list[TokenChoice]
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    path: Path
+    context_length: int
+    provider: str
+    """The execution provider actually used, e.g. ``CPUExecutionProvider``."""
+    requested_device: str
+    fallback_reason: str | None
+    """Set when the requested device could not be used and the CPU was used instead."""
+    load_s: float
+
+
+class LoadedModel(Protocol):
+    info: ModelInfo
+
+    def encode_chat(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """Render the model's chat template and tokenize it (raises ``TemplateError``)."""
+
+    def encode_text(self, text: str) -> list[int]:
+        """Tokenize a raw prompt the way the model expects (BOS added if the tokenizer says so)."""
+
+    def generate(
+        self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event
+    ) -> Iterator[Step]:
+        """Decode until eos, a stop string, ``max_tokens`` or the context end, or until ``cancel``
+        is set (checked every step). Raises ``ContextLengthExceeded`` before any work if the prompt
+        does not fit."""
+
+    def close(self) -> None:
+        """Release the session and its memory."""
+
+
+class ModelLoader(Protocol):
+    def __call__(self, path: Path, *, quantization: str, device: str, threads: int = 0) -> LoadedModel: ...
