@@ -317,6 +317,7 @@ ERROR_CODES = {
     "unsupported": "the model or file type is not supported",
     "missing_extra": "an optional extra must be installed",
     "load_failed": "the model could not be loaded",
+    "busy": "the worker has too many requests in flight; retry shortly",
     "internal": "an unexpected error inside the worker (see the log)",
 }
 
