@@ -1,0 +1,250 @@
+"""The subcommands. Management commands talk to the running agent over ZeroMQ (``ipc.client``)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from cli import output
+from ipc.client import CallTimeout, Client, RemoteError, agent_json_path
+from ipc.connection import AgentNotRunning
+from ipc.messages import (
+    Activate,
+    CancelDownload,
+    Delete,
+    Download,
+    Hardware,
+    ImportModel,
+    InstalledResult,
+    ListInstalled,
+    ModelFiles,
+    Request,
+    Search,
+    Shutdown,
+    Status,
+)
+
+
+class CliError(Exception):
+    """A failure to report as one line; ``status`` is the exit code."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def home_path() -> Path:
+    return agent_json_path(None).parent
+
+
+@contextmanager
+def connect(args: argparse.Namespace) -> Iterator[Client]:
+    """A client of the running agent, or a one-line error saying how to start one."""
+    try:
+        client = Client(timeout=args.timeout)
+    except AgentNotRunning as exc:
+        raise CliError(str(exc)) from None
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def call(client: Client, request: Request, timeout: float | None = None) -> Any:
+    try:
+        return client.call(request, timeout=timeout)
+    except RemoteError as exc:
+        raise CliError(exc.message) from None
+    except CallTimeout as exc:
+        raise CliError(str(exc)) from None
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(value)) + b"\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def serve(args: argparse.Namespace) -> int:
+    from agent.worker import WorkerOptions, run_worker
+
+    options = WorkerOptions(
+        host=args.host,
+        port=args.port,
+        zmq_request=args.zmq_request,
+        zmq_events=args.zmq_events,
+        parent_pid=args.parent_pid,
+    )
+    return run_worker(options)
+
+
+def tray(args: argparse.Namespace) -> int:
+    try:
+        from ui.app import run_tray  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise CliError(
+            f"the tray is not available ({exc}); install it with `pip install 'hflocal[tray]'`, "
+            "or run the agent headless with `hflocal serve`"
+        ) from None
+    result: int = run_tray()
+    return result
+
+
+def search(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        result = call(client, Search(query=args.query, limit=args.limit), timeout=max(args.timeout, 60))
+    if args.json:
+        emit_json(result)
+    else:
+        output.print_search(result)
+    return 0
+
+
+def files(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        result = call(client, ModelFiles(model_id=args.model_id, revision=args.revision), timeout=max(args.timeout, 60))
+    if args.json:
+        emit_json(result)
+    else:
+        output.print_files(result)
+    return 0
+
+
+def pull(args: argparse.Namespace) -> int:
+    from cli.progress import follow_download
+
+    with connect(args) as client:
+        request = Download(model_id=args.model_id, quantization=args.quant, device=args.device, revision=args.revision)
+        return follow_download(client, request, detach=args.detach, as_json=args.json)
+
+
+def ls(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        result: InstalledResult = call(client, ListInstalled())
+    if args.json:
+        emit_json(result)
+    else:
+        output.print_installed(result)
+    return 0
+
+
+def _resolve_key(client: Client, name: str) -> str:
+    """A full variant key for ``name``: itself if it is a key, else the only variant of that model id."""
+    if "::" in name:
+        return name
+    installed: InstalledResult = call(client, ListInstalled())
+    matches = [m.key for m in installed.models if m.model_id == name]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise CliError(f"{name!r} is not installed; `hflocal ls` lists what is")
+    raise CliError(f"{name!r} has several variants, name one: " + ", ".join(matches))
+
+
+def rm(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        key = _resolve_key(client, args.key)
+        result = call(client, Delete(key=key), timeout=max(args.timeout, 60))
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"deleted {result.key} ({output.human_bytes(result.freed_bytes)} freed)")
+    return 0
+
+
+def use(args: argparse.Namespace) -> int:
+    from cli.progress import follow_activation
+
+    with connect(args) as client:
+        key = _resolve_key(client, args.key)
+        return follow_activation(client, key, wait=not args.no_wait, as_json=args.json)
+
+
+def status(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        result = call(client, Status())
+    if args.json:
+        emit_json(result)
+    else:
+        output.print_status(result)
+    return 0
+
+
+def hw(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        result = call(client, Hardware(), timeout=max(args.timeout, 30))
+    if args.json:
+        emit_json(result)
+    else:
+        output.print_hardware(result)
+    return 0
+
+
+def import_model(args: argparse.Namespace) -> int:
+    from cli.progress import follow_import
+
+    path = args.path.expanduser().resolve()
+    if not path.exists():
+        raise CliError(f"{path} does not exist")
+    with connect(args) as client:
+        request = ImportModel(path=str(path), quantizations=args.quant or [], model_id=args.name)
+        return follow_import(client, request, as_json=args.json)
+
+
+def chat(args: argparse.Namespace) -> int:
+    from cli.chat import run_chat
+
+    try:
+        from ipc.connection import read_connection
+
+        info = read_connection(agent_json_path(None))
+    except AgentNotRunning as exc:
+        raise CliError(str(exc)) from None
+    return run_chat(info, model=args.key, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature)
+
+
+def autostart(args: argparse.Namespace) -> int:
+    try:
+        from installers.autostart import apply  # type: ignore[import-not-found]
+    except ImportError:
+        raise CliError("start at login is not available in this build") from None
+    result = apply(args.action, headless=args.headless)
+    if args.json:
+        emit_json(result)
+    else:
+        print(result.get("message", ""))
+    return 0
+
+
+def stop(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        result = call(client, Shutdown())
+    if args.json:
+        emit_json(result)
+    else:
+        print(f"agent (pid {result.pid}) is shutting down")
+    return 0
+
+
+def cancel(client: Client, job_id: str) -> None:
+    """Best effort cancel on Ctrl-C; the agent keeps the bytes for a later resume."""
+    try:
+        client.call(CancelDownload(job_id=job_id), timeout=5)
+    except (RemoteError, CallTimeout):
+        pass
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in {"1", "true", "yes"}
+
+
+__all__ = ["Activate", "CliError"]

@@ -1,0 +1,137 @@
+"""``hflocal``: the command line. ``serve`` runs the worker; the management commands are ZeroMQ clients.
+
+Every failure ends in one line on stderr and a non-zero exit status, never a traceback: 1 for an
+error the agent or the user can fix, 2 for a usage error, 130 for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cli import commands
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hflocal",
+        description="Run Hugging Face ONNX models locally behind an OpenAI-compatible API.",
+    )
+    parser.add_argument("--home", type=Path, help="data root (default: $HFLOCAL_HOME or the user data dir)")
+    parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the agent's reply")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("serve", help="run the agent headless (HTTP API + ZeroMQ) in the foreground")
+    p.add_argument("--host", help="HTTP host (default 127.0.0.1; see settings.toml)")
+    p.add_argument("--port", type=int, help="HTTP port (default 9231)")
+    p.add_argument("--zmq-request", help="ZeroMQ request endpoint (default tcp://127.0.0.1:9232)")
+    p.add_argument("--zmq-events", help="ZeroMQ event endpoint (default tcp://127.0.0.1:9233)")
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    p.set_defaults(func=commands.serve)
+
+    p = sub.add_parser("tray", help="start the tray icon, which runs and supervises the agent")
+    p.set_defaults(func=commands.tray)
+
+    p = sub.add_parser("search", help="search the Hub for ONNX text-generation models")
+    p.add_argument("query", nargs="?", default="", help="words to search for (empty: the curated list)")
+    p.add_argument("--limit", type=int, default=20)
+    _add_json(p)
+    p.set_defaults(func=commands.search)
+
+    p = sub.add_parser("files", help="which quantizations a Hub model offers, with download sizes")
+    p.add_argument("model_id")
+    p.add_argument("--revision", default="main")
+    _add_json(p)
+    p.set_defaults(func=commands.files)
+
+    p = sub.add_parser("pull", help="download a model variant (resumes an interrupted download)")
+    p.add_argument("model_id", help="Hub id, e.g. onnx-community/Qwen2.5-1.5B-Instruct")
+    p.add_argument("--quant", choices=["q4", "q8", "fp16", "fp32"], help="quantization (default: settings)")
+    p.add_argument("--device", help="auto|cpu|gpu|cuda|directml|coreml (default: settings)")
+    p.add_argument("--revision", default="main")
+    p.add_argument("--detach", action="store_true", help="start the download and return at once")
+    _add_json(p)
+    p.set_defaults(func=commands.pull)
+
+    p = sub.add_parser("ls", help="list installed models")
+    _add_json(p)
+    p.set_defaults(func=commands.ls)
+
+    p = sub.add_parser("rm", help="delete an installed variant (key, or model id if only one variant)")
+    p.add_argument("key")
+    _add_json(p)
+    p.set_defaults(func=commands.rm)
+
+    p = sub.add_parser("use", help="make an installed variant the active model")
+    p.add_argument("key")
+    p.add_argument("--no-wait", action="store_true", help="return without waiting for the model to load")
+    _add_json(p)
+    p.set_defaults(func=commands.use)
+
+    p = sub.add_parser("status", help="what the agent is doing")
+    _add_json(p)
+    p.set_defaults(func=commands.status)
+
+    p = sub.add_parser("hw", help="hardware, execution providers, cache and free disk")
+    _add_json(p)
+    p.set_defaults(func=commands.hw)
+
+    p = sub.add_parser("import", help="import a local GGUF file, checkpoint folder or ONNX folder")
+    p.add_argument("path", type=Path)
+    p.add_argument("--quant", action="append", choices=["q4", "q8", "fp16", "fp32"], help="repeatable; default q4")
+    p.add_argument("--name", help="model id to install it as (org/name)")
+    _add_json(p)
+    p.set_defaults(func=commands.import_model)
+
+    p = sub.add_parser("chat", help="chat with the active (or named) model in the terminal")
+    p.add_argument("key", nargs="?")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--temperature", type=float)
+    p.set_defaults(func=commands.chat)
+
+    p = sub.add_parser("autostart", help="start hflocal at login: enable [--headless] | disable | status")
+    p.add_argument("action", choices=["enable", "disable", "status"])
+    p.add_argument("--headless", action="store_true", help="start the agent without a tray (systemd user unit)")
+    _add_json(p)
+    p.set_defaults(func=commands.autostart)
+
+    p = sub.add_parser("stop", help="ask the running agent to shut down")
+    _add_json(p)
+    p.set_defaults(func=commands.stop)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.home is not None:
+        os.environ["HFLOCAL_HOME"] = str(args.home.expanduser().resolve())
+    func: Command = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except commands.CliError as exc:
+        print(f"hflocal: {exc}", file=sys.stderr)
+        return exc.status
+    except BrokenPipeError:
+        return 1
+
+
+def entry() -> Any:  # pragma: no cover - console-script shim
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
