@@ -7,7 +7,8 @@ Shapes follow what huggingface_hub 0.36 parses (``ModelInfo``, ``RepoSibling``, 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from .storage import Commit, FileEntry, Repo
 

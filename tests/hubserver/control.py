@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 
 class HubControl:

@@ -11,8 +11,8 @@ templates at import, so in-process calls must pass ``endpoint=hub.url``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -58,7 +58,7 @@ def hf_env(hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
         monkeypatch.setenv(name, value)
     for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_TOKEN_PATH"):
         monkeypatch.delenv(name, raising=False)
-    patched = {
+    patched: dict[str, object] = {
         "HF_HOME": str(home),
         "HF_HUB_CACHE": str(cache),
         "HF_ASSETS_CACHE": str(home / "assets"),
@@ -68,17 +68,15 @@ def hf_env(hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> P
         "HF_HUB_DISABLE_TELEMETRY": True,
         "HF_HUB_OFFLINE": False,
     }
-    for name, value in patched.items():
-        monkeypatch.setattr(constants, name, value)
+    for name, constant in patched.items():
+        monkeypatch.setattr(constants, name, constant)
     return cache
 
 
 def _reset_client_sessions() -> None:
     """Drop the client's pooled keep-alive connections to a server that no longer exists."""
-    try:
-        from huggingface_hub.utils import reset_sessions
-    except ImportError:  # pragma: no cover - the client is a project dependency
-        return
+    from huggingface_hub.utils._http import reset_sessions
+
     reset_sessions()
 
 

@@ -21,9 +21,10 @@ import socket
 import sys
 import threading
 import traceback
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit
 
 from . import api
@@ -209,7 +210,7 @@ class _Handler(BaseHTTPRequestHandler):
             recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
             entries = api.tree(commit, path, recursive=recursive)
             if entries is None:
-                raise HubError(404, "EntryNotFound", f"{path} does not exist on \"{unquote(rest[3])}\"")
+                raise HubError(404, "EntryNotFound", f'{path} does not exist on "{unquote(rest[3])}"')
             record.status = 200
             return self._send_page(entries, hub.tree_page_size, query)
         raise HubError(404, None, "Not Found")
@@ -374,7 +375,8 @@ class HubServer:
         self.page_size, self.tree_page_size = page_size, tree_page_size
         self.verbose = verbose
         self._httpd = _HubHTTPServer((host, port), self)
-        self.host, self.port = self._httpd.server_address[:2]
+        self.host: str = host
+        self.port: int = int(self._httpd.server_address[1])
         self._thread: threading.Thread | None = None
 
     @property

@@ -22,9 +22,10 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 DEFAULT_LFS_PATTERNS: tuple[str, ...] = (
     "*.onnx",
@@ -304,7 +305,8 @@ class HubRepos:
             rel = rel.strip("/")
             if not rel or any(part in ("", ".", "..") for part in rel.split("/")):
                 raise ValueError(f"invalid path in repo: {rel!r}")
-            is_lfs = any(fnmatch.fnmatch(rel.rsplit("/", 1)[-1], pat) or fnmatch.fnmatch(rel, pat) for pat in lfs_patterns)
+            name = rel.rsplit("/", 1)[-1]
+            is_lfs = any(fnmatch.fnmatch(name, pat) or fnmatch.fnmatch(rel, pat) for pat in lfs_patterns)
             entries[rel] = self._store_object(rel, content, is_lfs)
         return entries
 

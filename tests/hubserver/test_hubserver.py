@@ -23,6 +23,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.hf_api import RepoFile
 
 from . import DEFAULT_TOKEN, HubProcess, HubRepos, HubServer, git_blob_sha1
 
@@ -49,7 +50,9 @@ def blob_name(data: bytes, lfs: bool) -> str:
     return hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data)
 
 
-def raw(hub: HubServer, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+def raw(
+    hub: HubServer, method: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """One request without the client, to check status lines and headers exactly."""
     conn = http.client.HTTPConnection(hub.host, hub.port, timeout=30)
     try:
@@ -123,7 +126,7 @@ def test_list_repo_tree(hub: HubServer, hf_env: Path) -> None:
         "onnx/model_q4.onnx",
         "onnx/model_q4.onnx_data",
     }
-    files = {e.path: e for e in everything if hasattr(e, "size")}
+    files = {e.path: e for e in everything if isinstance(e, RepoFile)}
     assert files["config.json"].blob_id == git_blob_sha1(CONFIG) and files["config.json"].lfs is None
     assert files["onnx/model.onnx"].lfs is not None and files["onnx/model.onnx"].size == 10000
     top = {e.path for e in api.list_repo_tree("org/tiny")}
