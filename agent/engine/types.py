@@ -32,6 +32,13 @@ class ContextLengthExceeded(EngineError, ValueError):
     code = "context_length_exceeded"
 
 
+class InvalidRequestError(EngineError, ValueError):
+    """The request cannot be served as given (empty prompt, token id outside the vocabulary,
+    ``max_tokens`` < 1, a closed model)."""
+
+    code = "invalid_request"
+
+
 class TemplateError(EngineError, ValueError):
     """The chat template could not render these messages (the template raised, or there is none)."""
 
@@ -93,6 +100,16 @@ class ModelInfo:
     fallback_reason: str | None
     """Set when the requested device could not be used and the CPU was used instead."""
     load_s: float
+    quantization: str = ""
+    onnx_file: Path | None = None
+    """The graph file that was loaded."""
+    kv_cache: bool = True
+    """False for graphs without past_key_values inputs: each step re-runs the whole sequence."""
+    chat_template: str = "model"
+    """``model`` (the model's own), ``chatml-fallback`` (no template shipped, vocabulary has
+    ``<|im_start|>``) or ``none`` (``encode_chat`` raises ``TemplateError``)."""
+    vocab_size: int = 0
+    eos_token_ids: tuple[int, ...] = ()
 
 
 class LoadedModel(Protocol):

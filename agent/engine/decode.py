@@ -1,0 +1,124 @@
+"""The decode loop: prefill once, then one token per step, yielding ``Step``s.
+
+Every generated token yields one ``Step`` (its ``text`` may be empty while a character or a
+possible stop string is held back). The last step carries the ``finish_reason``:
+
+* ``stop`` — an eos token (not included in ``tokens`` nor in the text) or a stop string (its tokens
+  are included in ``tokens``; the text ends exactly before the stop string);
+* ``length`` — ``max_tokens`` or the end of the context was reached; that step carries the last token;
+* ``cancelled`` — ``cancel`` was set; checked before every model run (also between prefill chunks),
+  so at most one more token is computed after it is set. That step has no tokens.
+
+The concatenation of all ``Step.text`` is the decoded completion (special tokens skipped, cut at a
+stop string).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from agent.engine.detokenize import IncrementalDetokenizer, StopMatcher
+from agent.engine.sampling import Pick, Sampler, SamplingPlan
+from agent.engine.session import CachedRunner, UncachedRunner
+from agent.engine.tokenizer import ModelTokenizer
+from agent.engine.types import Step, TokenChoice, TokenLogprob
+
+
+@dataclass(slots=True)
+class DecodeStats:
+    """Timings of the last generation, for logs and benchmarks (seconds, tokens)."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = self.generated_tokens - 1
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+
+
+def _choice(tokenizer: ModelTokenizer, pick: Pick, plan: SamplingPlan) -> TokenChoice:
+    top = [
+        TokenLogprob(tokenizer.token_text(i), lp, list(tokenizer.token_bytes(i)))
+        for i, lp in pick.top
+    ] if plan.logprobs else []
+    return TokenChoice(
+        token_id=pick.token_id,
+        token=tokenizer.token_text(pick.token_id),
+        logprob=pick.logprob,
+        bytes=list(tokenizer.token_bytes(pick.token_id)),
+        top=top,
+    )
+
+
+def run_decode(
+    *,
+    runner: CachedRunner | UncachedRunner,
+    tokenizer: ModelTokenizer,
+    prompt_ids: list[int],
+    sampler: Sampler,
+    max_new_tokens: int,
+    stops: list[str],
+    eos_ids: frozenset[int],
+    vocab_limit: int,
+    cancel: threading.Event,
+    stats: DecodeStats,
+) -> Iterator[Step]:
+    """Generate up to ``max_new_tokens`` (≥ 1) tokens after ``prompt_ids`` (already validated)."""
+
+    detok = IncrementalDetokenizer(tokenizer.decode, prompt_ids)
+    matcher = StopMatcher(stops)
+    stats.prompt_tokens = len(prompt_ids)
+
+    def finish(reason: str, tokens: list[TokenChoice], released: str = "") -> Step:
+        """The last step: ``released`` text plus whatever the detokenizer and matcher still hold."""
+        tail, stopped = matcher.push(detok.flush())
+        if stopped:
+            return Step(released + tail, tokens, "stop")
+        return Step(released + tail + matcher.flush(), tokens, reason)
+
+    runner.reset()
+    started = time.perf_counter()
+    logits: np.ndarray | None = None
+    for start in range(0, len(prompt_ids), runner.max_chunk):
+        if cancel.is_set():
+            yield finish("cancelled", [])
+            return
+        logits = runner.forward(prompt_ids[start : start + runner.max_chunk])
+    assert logits is not None
+    decode_started = time.perf_counter()
+    stats.prefill_s = decode_started - started
+
+    for produced in range(1, max_new_tokens + 1):
+        if cancel.is_set():
+            yield finish("cancelled", [])
+            return
+        pick = sampler.pick(logits[:vocab_limit] if logits.shape[0] > vocab_limit else logits)
+        stats.generated_tokens = produced
+        if pick.token_id in eos_ids:
+            stats.decode_s = time.perf_counter() - decode_started
+            yield finish("stop", [])
+            return
+        choice = _choice(tokenizer, pick, sampler.plan)
+        text, stopped = matcher.push(detok.push(pick.token_id))
+        if stopped:
+            stats.decode_s = time.perf_counter() - decode_started
+            yield Step(text, [choice], "stop")
+            return
+        if produced == max_new_tokens:
+            stats.decode_s = time.perf_counter() - decode_started
+            yield finish("length", [choice], text)
+            return
+        yield Step(text, [choice])
+        if cancel.is_set():
+            yield finish("cancelled", [])
+            return
+        logits = runner.forward([pick.token_id])

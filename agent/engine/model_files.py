@@ -1,0 +1,152 @@
+"""Reading a model folder in the onnx-community / Transformers.js layout.
+
+::
+
+    config.json  generation_config.json  tokenizer.json  tokenizer_config.json
+    [chat_template.jinja | chat_template.json]  [special_tokens_map.json]
+    onnx/model.onnx | onnx/model_fp16.onnx | onnx/model_quantized.onnx | onnx/model_q4.onnx
+    (+ external-data files such as onnx/model.onnx_data beside the graph)
+
+Everything that can be wrong with the files is reported as ``ModelLoadError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.engine.types import ModelLoadError
+
+#: Transformers.js file name for each quantization this project knows.
+ONNX_FILES = {
+    "fp32": "model.onnx",
+    "fp16": "model_fp16.onnx",
+    "q8": "model_quantized.onnx",
+    "q4": "model_q4.onnx",
+}
+
+DEFAULT_CONTEXT = 2048
+"""Used only when neither config.json nor tokenizer_config.json states a context length."""
+
+
+def read_json(path: Path, *, required: bool) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` if it is absent and not ``required``."""
+    if not path.is_file():
+        if required:
+            raise ModelLoadError(f"missing {path.name} in {path.parent}")
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"cannot read {path.name}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{path.name} is not a JSON object")
+    return data
+
+
+def onnx_path(folder: Path, quantization: str) -> Path:
+    """The graph file for ``quantization``: ``onnx/<file>``, or ``<file>`` at the top of the folder."""
+    try:
+        name = ONNX_FILES[quantization]
+    except KeyError:
+        raise ModelLoadError(
+            f"unknown quantization {quantization!r}: use one of {', '.join(ONNX_FILES)}"
+        ) from None
+    for candidate in (folder / "onnx" / name, folder / name):
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(f"missing onnx/{name} (the {quantization} variant) in {folder}")
+
+
+def _int_list(value: Any) -> list[int]:
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, int) and not isinstance(v, bool)]
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationDefaults:
+    """The sampling defaults of generation_config.json, as Hugging Face reads them.
+
+    ``do_sample`` is False when the file does not say (Hugging Face's default), so a model whose
+    generation_config is silent decodes greedily unless the request sets a temperature.
+    ``top_k`` is only what the file states (no implicit 50).
+    """
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """What the engine needs from config.json and generation_config.json."""
+
+    context_length: int
+    num_layers: int | None
+    num_kv_heads: int | None
+    head_dim: int | None
+    vocab_size: int | None
+    eos_token_ids: frozenset[int]
+    bos_token_id: int | None
+    generation: GenerationDefaults = field(default_factory=GenerationDefaults)
+
+
+def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Multimodal configs (Gemma 3, Llava...) nest the decoder's settings under ``text_config``."""
+    nested = config.get("text_config")
+    if isinstance(nested, dict):
+        return {**config, **nested}
+    return config
+
+
+def read_model_config(folder: Path, tokenizer_config: dict[str, Any]) -> ModelConfig:
+    config = _text_config(read_json(folder / "config.json", required=True))
+    gen = read_json(folder / "generation_config.json", required=False)
+
+    context = None
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = config.get(key)
+        if isinstance(value, int) and value > 0:
+            context = value
+            break
+    if context is None:
+        value = tokenizer_config.get("model_max_length")
+        context = value if isinstance(value, int) and 0 < value < 10_000_000 else DEFAULT_CONTEXT
+
+    heads = config.get("num_attention_heads")
+    kv_heads = config.get("num_key_value_heads", heads)
+    head_dim = config.get("head_dim")
+    hidden = config.get("hidden_size")
+    if not isinstance(head_dim, int) and isinstance(hidden, int) and isinstance(heads, int) and heads:
+        head_dim = hidden // heads
+
+    def number(key: str, default: float) -> float:
+        value = gen.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+    top_k = gen.get("top_k")
+    defaults = GenerationDefaults(
+        do_sample=bool(gen.get("do_sample", False)),
+        temperature=number("temperature", 1.0),
+        top_p=number("top_p", 1.0),
+        top_k=top_k if isinstance(top_k, int) and top_k > 0 else 0,
+    )
+    bos = _int_list(config.get("bos_token_id")) or _int_list(gen.get("bos_token_id"))
+    return ModelConfig(
+        context_length=context,
+        num_layers=config.get("num_hidden_layers") if isinstance(config.get("num_hidden_layers"), int) else None,
+        num_kv_heads=kv_heads if isinstance(kv_heads, int) else None,
+        head_dim=head_dim if isinstance(head_dim, int) else None,
+        vocab_size=config.get("vocab_size") if isinstance(config.get("vocab_size"), int) else None,
+        eos_token_ids=frozenset(_int_list(gen.get("eos_token_id")) + _int_list(config.get("eos_token_id"))),
+        bos_token_id=bos[0] if bos else None,
+        generation=defaults,
+    )

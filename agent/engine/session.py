@@ -1,0 +1,176 @@
+"""The onnxruntime session of a decoder and the runners that feed it one sequence at a time.
+
+A runner owns the KV cache of the sequence being decoded. ``forward(ids)`` appends tokens and
+returns the logits of the last one; ``reset()`` forgets the sequence. The cached runner keeps the
+``present.*`` outputs as ``OrtValue``s bound straight back as the next ``past_key_values.*`` through
+an I/O binding, so the cache is never copied through numpy and stays on the accelerator when there
+is one. A later runner may preallocate fixed KV buffers (fused GroupQueryAttention graphs) behind
+the same two methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from agent.engine.contract import GraphContract
+from agent.engine.types import ModelLoadError
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+PREFILL_LOGITS_BUDGET = 16 * 1024 * 1024
+"""Most logits (elements) one prefill chunk may produce: the graphs return logits for every
+position, so long prompts are fed in chunks of ``budget // vocab`` tokens (at least 16)."""
+
+
+def open_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
+    """An ``InferenceSession`` for ``path`` with all graph optimizations; ``threads`` = 0 keeps
+    onnxruntime's default intra-op thread count. Failure → ``ModelLoadError`` naming the file."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads > 0:
+        options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Shapes change every step (the cache grows), so memory patterns would only be recomputed.
+    options.enable_mem_pattern = False
+    # Weights go to plain allocations, not the arena, so the arena only holds activations.
+    options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
+    options.log_severity_level = 3
+    provider_options: list[dict[str, str]] = []
+    for provider in providers:
+        if provider == CUDA:
+            provider_options.append({"arena_extend_strategy": "kSameAsRequested"})
+        else:
+            provider_options.append({})
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=options, providers=providers, provider_options=provider_options
+        )
+    except Exception as exc:  # onnxruntime raises its own pybind classes, not one base
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load {path.name}: {detail}") from exc
+
+
+class DecoderRunner(Protocol):
+    """Feeds one sequence through the graph. Not thread-safe; one sequence at a time."""
+
+    max_chunk: int
+    """Most tokens one ``forward`` call should be given (the caller chunks long prompts)."""
+
+    def reset(self) -> None:
+        """Forget the sequence (and its cache)."""
+
+    def forward(self, ids: Sequence[int]) -> np.ndarray:
+        """Append ``ids`` to the sequence; return the float32 logits (vocab,) after the last one."""
+
+
+def _last_logits(logits: np.ndarray) -> np.ndarray:
+    if logits.ndim != 3:
+        raise RuntimeError(f"logits have shape {logits.shape}, expected (batch, sequence, vocab)")
+    return np.ascontiguousarray(logits[0, -1], dtype=np.float32)
+
+
+class CachedRunner:
+    """Runner for graphs with ``past_key_values`` inputs; the cache stays in ``OrtValue``s."""
+
+    def __init__(self, session: ort.InferenceSession, contract: GraphContract, context_length: int) -> None:
+        self._session = session
+        self._contract = contract
+        provider = session.get_providers()[0]
+        # DirectML outputs could stay on the device too; binding them there is untested, so they
+        # come back to the CPU, which is correct but slower.
+        self._kv_device = "cuda" if provider == CUDA else "cpu"
+        self._binding = session.io_binding()
+        assert contract.attention_mask_dtype is not None
+        self._mask = np.ones((1, context_length), dtype=contract.attention_mask_dtype)
+        pos_dtype = contract.position_ids_dtype or np.int64
+        self._positions = np.arange(context_length, dtype=pos_dtype).reshape(1, context_length)
+        self._empty = {
+            spec.input_name: np.zeros((1, spec.num_heads, 0, spec.head_dim), dtype=spec.dtype)
+            for spec in contract.kv
+        }
+        self._past: list[Any] = []
+        self.past_length = 0
+        self.max_chunk = context_length
+
+    def set_vocab(self, vocab: int) -> None:
+        self.max_chunk = max(16, PREFILL_LOGITS_BUDGET // max(vocab, 1))
+
+    def reset(self) -> None:
+        self._past = []
+        self.past_length = 0
+
+    def forward(self, ids: Sequence[int]) -> np.ndarray:
+        contract = self._contract
+        past = self.past_length
+        total = past + len(ids)
+        if total > self._mask.shape[1]:
+            raise RuntimeError(f"sequence of {total} tokens exceeds the context of {self._mask.shape[1]}")
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        input_ids = np.asarray(ids, dtype=contract.input_ids_dtype).reshape(1, len(ids))
+        binding.bind_cpu_input("input_ids", input_ids)
+        binding.bind_cpu_input("attention_mask", self._mask[:, :total])
+        if contract.position_ids_dtype is not None:
+            binding.bind_cpu_input("position_ids", self._positions[:, past:total])
+        if self._past:
+            for spec, value in zip(contract.kv, self._past):
+                binding.bind_ortvalue_input(spec.input_name, value)
+        else:
+            for spec in contract.kv:
+                binding.bind_cpu_input(spec.input_name, self._empty[spec.input_name])
+        binding.bind_output(contract.logits_name, "cpu")
+        for spec in contract.kv:
+            binding.bind_output(spec.output_name, self._kv_device)
+        self._session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        self._past = list(outputs[1:])
+        self.past_length = total
+        return _last_logits(outputs[0].numpy())
+
+
+class UncachedRunner:
+    """Runner for graphs without a cache: every call re-runs the whole sequence."""
+
+    def __init__(self, session: ort.InferenceSession, contract: GraphContract, context_length: int) -> None:
+        self._session = session
+        self._contract = contract
+        self._ids: list[int] = []
+        self.max_chunk = context_length
+
+    def set_vocab(self, vocab: int) -> None:
+        """Chunking cannot help without a cache: the whole sequence is fed every time."""
+
+    def reset(self) -> None:
+        self._ids = []
+
+    def forward(self, ids: Sequence[int]) -> np.ndarray:
+        self._ids.extend(int(i) for i in ids)
+        n = len(self._ids)
+        contract = self._contract
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": np.asarray(self._ids, dtype=contract.input_ids_dtype).reshape(1, n)
+        }
+        if contract.attention_mask_dtype is not None:
+            feeds["attention_mask"] = np.ones((1, n), dtype=contract.attention_mask_dtype)
+        if contract.position_ids_dtype is not None:
+            feeds["position_ids"] = np.arange(n, dtype=contract.position_ids_dtype).reshape(1, n)
+        (logits,) = self._session.run([contract.logits_name], feeds)
+        return _last_logits(logits)
+
+
+def make_runner(session: ort.InferenceSession, contract: GraphContract, context_length: int, vocab: int) -> CachedRunner | UncachedRunner:
+    runner: CachedRunner | UncachedRunner
+    if contract.has_cache:
+        runner = CachedRunner(session, contract, context_length)
+    else:
+        runner = UncachedRunner(session, contract, context_length)
+    runner.set_vocab(vocab)
+    return runner
