@@ -1,0 +1,385 @@
+"""The Hugging Face Hub, through the official ``huggingface_hub`` client: search, file lists, errors.
+
+Callers may rely on:
+
+- ``HF_ENDPOINT`` and ``HF_TOKEN`` are read from the environment at *call* time (``endpoint()``,
+  ``token()``) and passed to the client explicitly, so a mirror or a test hub takes effect without
+  re-importing anything. Proxies come from ``HTTPS_PROXY``/``HTTP_PROXY`` through ``requests``.
+- Every client exception leaves this module as an ``agent.errors.AgentError`` (``map_error``).
+- File selection is the pure function ``select_files`` (Transformers.js naming, see its docstring).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Collection, Iterable, TypeVar
+
+import requests
+from huggingface_hub import HfApi, get_token
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError as HfGatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from agent.errors import (
+    AgentError,
+    DiskFullError,
+    GatedRepoError,
+    HubError,
+    NetworkError,
+    NoOnnxError,
+    QuantNotOfferedError,
+    RepoNotFoundError,
+)
+from agent.variants import QUANTIZATIONS, normalize_quantization, validate_model_id
+from ipc.messages import ModelFilesResult, ModelSummary, QuantOption
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+CURATED = (
+    "onnx-community/Llama-3.2-1B-Instruct",
+    "onnx-community/Llama-3.2-3B-Instruct",
+    "onnx-community/Phi-3.5-mini-instruct-onnx",
+    "onnx-community/gemma-2-2b-it",
+    "onnx-community/Qwen2.5-1.5B-Instruct",
+)
+"""Shown for an empty search, in this order, even when the Hub cannot be reached."""
+
+ONNX_NAMES: dict[str, tuple[str, ...]] = {
+    "q4": ("model_q4.onnx",),
+    "q8": ("model_quantized.onnx", "model_int8.onnx", "model_uint8.onnx"),
+    "fp16": ("model_fp16.onnx",),
+    "fp32": ("model.onnx",),
+}
+"""ONNX file names per quantization, preferred first. ``model_int8``/``model_uint8`` are the names
+Transformers.js gives the two halves of its q8 export; a repo that has only one of them still offers q8."""
+
+SUPPORT_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "added_tokens.json",
+)
+"""Files at the repo root the engine reads, taken when present (with any quantization)."""
+FALLBACK_TOKENIZER_FILES = ("vocab.json", "merges.txt")
+"""Taken only when the repo has no ``tokenizer.json``."""
+
+_API_TIMEOUT_S = 20.0
+_CURATED_TIMEOUT_S = 5.0
+T = TypeVar("T")
+
+
+def endpoint() -> str:
+    """The Hub endpoint: ``$HF_ENDPOINT`` at call time, else huggingface.co (no trailing slash)."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def token() -> str | None:
+    """``$HF_TOKEN`` at call time, else the token saved by ``huggingface-cli login`` (or None)."""
+    return os.environ.get("HF_TOKEN") or get_token() or None
+
+
+def api() -> HfApi:
+    return HfApi(endpoint=endpoint(), token=token())
+
+
+# --------------------------------------------------------------------------- file selection
+
+
+def _onnx_path(filenames: Collection[str], quantization: str) -> str | None:
+    """The ONNX file of ``quantization``: ``onnx/<name>`` preferred, else ``<name>`` at the root."""
+    for folder in ("onnx/", ""):
+        for name in ONNX_NAMES[quantization]:
+            if folder + name in filenames:
+                return folder + name
+    return None
+
+
+def external_data_files(filenames: Iterable[str], onnx_file: str) -> list[str]:
+    """External-data files beside ``onnx_file``: ``<file>_data``, ``<file>_data_N``, ``<file>.data``,
+    ``<file>.data_N`` (sorted: the plain one first, then by N)."""
+    pattern = re.compile(rf"^{re.escape(onnx_file)}(?:_data|\.data)(?:_(\d+))?$")
+    found = [(m, f) for f in filenames if (m := pattern.match(f))]
+    return [f for m, f in sorted(found, key=lambda mf: (int(mf[0].group(1) or -1), mf[1]))]
+
+
+def select_files(filenames: Collection[str], quantization: str) -> list[str]:
+    """Every file a variant needs, or ``[]`` if the repo does not offer ``quantization``.
+
+    Naming follows Transformers.js (onnx-community repos): q4 → ``onnx/model_q4.onnx``, q8 →
+    ``onnx/model_quantized.onnx`` (else ``model_int8.onnx``, else ``model_uint8.onnx``), fp16 →
+    ``onnx/model_fp16.onnx``, fp32 → ``onnx/model.onnx``; the same names at the repo root are
+    accepted when ``onnx/`` lacks them (optimum exports). The result is the ONNX file, its external
+    data, then the present ``SUPPORT_FILES`` (and ``vocab.json``/``merges.txt`` when there is no
+    ``tokenizer.json``); paths are repo-relative with ``/``, in that order, without duplicates.
+    """
+    quantization = normalize_quantization(quantization)
+    names = set(filenames)
+    onnx = _onnx_path(names, quantization)
+    if onnx is None:
+        return []
+    chosen = [onnx, *external_data_files(names, onnx)]
+    chosen += [f for f in SUPPORT_FILES if f in names]
+    if "tokenizer.json" not in names:
+        chosen += [f for f in FALLBACK_TOKENIZER_FILES if f in names]
+    return list(dict.fromkeys(chosen))
+
+
+def offered_quantizations(filenames: Collection[str]) -> list[str]:
+    """The quantizations ``filenames`` offer, in ``QUANTIZATIONS`` order."""
+    names = set(filenames)
+    return [q for q in QUANTIZATIONS if _onnx_path(names, q) is not None]
+
+
+def quantization_of(onnx_file: str) -> str | None:
+    """``onnx/model_q4.onnx`` → ``q4``; None for ONNX files that are no known quantization."""
+    base = onnx_file.rsplit("/", 1)[-1]
+    return next((q for q, names in ONNX_NAMES.items() if base in names), None)
+
+
+# --------------------------------------------------------------------------- listings
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    """One file of a repo at one commit. ``etag`` is the name the cache gives its blob (sha256 for
+    LFS files, the git blob sha1 otherwise); ``sha256`` is known for LFS files only."""
+
+    path: str
+    size: int
+    etag: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RepoListing:
+    """A repo at one commit, with the size and checksum of every file."""
+
+    model_id: str
+    commit: str
+    gated: bool
+    files: dict[str, RemoteFile] = field(default_factory=dict)
+
+    def options(self, installed: Collection[str] = ()) -> list[QuantOption]:
+        """What ``ModelFilesResult.options`` lists: each offered quantization, its files and size."""
+        result = []
+        for quant in offered_quantizations(self.files):
+            chosen = select_files(self.files, quant)
+            result.append(
+                QuantOption(
+                    quantization=quant,
+                    files=chosen,
+                    size=sum(self.files[f].size for f in chosen),
+                    installed=quant in installed,
+                )
+            )
+        return result
+
+    def plan(self, quantization: str) -> list[RemoteFile]:
+        """The files of one variant; raises ``NoOnnxError``/``QuantNotOfferedError``."""
+        quantization = normalize_quantization(quantization)
+        offered = offered_quantizations(self.files)
+        if not offered:
+            raise NoOnnxError(self.model_id)
+        if quantization not in offered:
+            raise QuantNotOfferedError(self.model_id, quantization, offered)
+        return [self.files[f] for f in select_files(self.files, quantization)]
+
+
+def fetch_listing(model_id: str, revision: str = "main", *, retries: int = 2) -> RepoListing:
+    """``model_info(files_metadata=True)`` as a ``RepoListing``; transient failures are retried."""
+    validate_model_id(model_id)
+    client = api()
+    info = call_with_retries(
+        lambda: client.model_info(model_id, revision=revision, files_metadata=True, timeout=_API_TIMEOUT_S),
+        retries=retries,
+        model_id=model_id,
+        revision=revision,
+    )
+    if not info.sha:
+        raise HubError(f"the Hub returned no commit for {model_id} at {revision!r}")
+    files: dict[str, RemoteFile] = {}
+    for sib in info.siblings or []:
+        lfs = sib.lfs
+        sha256 = lfs.sha256 if lfs is not None else None
+        size = sib.size if sib.size is not None else (lfs.size if lfs is not None else 0)
+        files[sib.rfilename] = RemoteFile(sib.rfilename, int(size or 0), etag=sha256 or sib.blob_id, sha256=sha256)
+    return RepoListing(model_id=model_id, commit=info.sha, gated=bool(info.gated), files=files)
+
+
+def model_files(model_id: str, revision: str = "main", installed: Collection[str] = ()) -> ModelFilesResult:
+    """Which quantizations ``model_id`` offers, each with all its files and total size.
+
+    ``installed`` names the quantizations already in the store (marks ``QuantOption.installed``).
+    Raises ``NoOnnxError`` when the repo offers none, and the errors of ``map_error``.
+    """
+    listing = fetch_listing(model_id, revision)
+    options = listing.options(installed)
+    if not options:
+        raise NoOnnxError(model_id)
+    return ModelFilesResult(model_id=model_id, commit=listing.commit, options=options, gated=listing.gated)
+
+
+# --------------------------------------------------------------------------- search
+
+
+def _summary(info: Any, curated: bool) -> ModelSummary:
+    modified = getattr(info, "last_modified", None)
+    return ModelSummary(
+        id=info.id,
+        downloads=int(getattr(info, "downloads", 0) or 0),
+        likes=int(getattr(info, "likes", 0) or 0),
+        pipeline_tag=getattr(info, "pipeline_tag", None),
+        tags=list(getattr(info, "tags", None) or []),
+        last_modified=modified.isoformat() if modified is not None else None,
+        curated=curated,
+    )
+
+
+def curated_models() -> list[ModelSummary]:
+    """The curated list, enriched with Hub data (downloads, likes, tags) where reachable.
+
+    Never raises: a model the Hub cannot describe (offline, mirror without it) is listed bare.
+    """
+    client = api()
+
+    def one(model_id: str) -> ModelSummary:
+        try:
+            return _summary(client.model_info(model_id, timeout=_CURATED_TIMEOUT_S), curated=True)
+        except Exception:  # offline is normal here: the list must appear anyway
+            return ModelSummary(id=model_id, curated=True)
+
+    with ThreadPoolExecutor(max_workers=len(CURATED), thread_name_prefix="hub-curated") as pool:
+        return list(pool.map(one, CURATED))
+
+
+def search(query: str = "", limit: int = 20) -> list[ModelSummary]:
+    """Text-generation models with ONNX weights matching ``query``, most downloaded first.
+
+    An empty query returns ``curated_models()``. ``limit`` is clamped to 1..100; the client follows
+    the Hub's pagination until it has ``limit`` models.
+    """
+    query = (query or "").strip()
+    limit = max(1, min(int(limit), 100))
+    if not query:
+        return curated_models()[:limit]
+    client = api()
+
+    def run() -> list[ModelSummary]:
+        found = client.list_models(
+            search=query, filter="onnx", pipeline_tag="text-generation", sort="downloads", direction=-1, limit=limit
+        )
+        return [_summary(info, curated=info.id in CURATED) for info in found]
+
+    return call_with_retries(run, retries=1)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures worth retrying: connection drops, timeouts, 5xx and 429 answers."""
+    if isinstance(exc, OfflineModeIsEnabled):
+        return False
+    if isinstance(exc, LocalEntryNotFoundError):
+        return exc.__cause__ is None or is_transient(exc.__cause__)
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else None
+        return status is None or status >= 500 or status == 429
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
+        return True
+    try:
+        from urllib3.exceptions import HTTPError as Urllib3Error
+    except ImportError:  # pragma: no cover
+        Urllib3Error = ()  # type: ignore[assignment,misc]
+    if isinstance(exc, Urllib3Error):
+        return True
+    # huggingface_hub's size check after a short read ("Consistency check failed ...")
+    return isinstance(exc, OSError) and "Consistency check failed" in str(exc)
+
+
+def map_error(exc: BaseException, model_id: str = "", revision: str | None = None) -> AgentError:
+    """The ``AgentError`` a client exception means (``AgentError`` passes through unchanged)."""
+    where = endpoint()
+    if isinstance(exc, AgentError):
+        return exc
+    if isinstance(exc, HfGatedRepoError):
+        return GatedRepoError(model_id, where)
+    if isinstance(exc, RevisionNotFoundError):
+        return RepoNotFoundError(model_id, revision)
+    if isinstance(exc, RepositoryNotFoundError):
+        return RepoNotFoundError(model_id)
+    if isinstance(exc, OfflineModeIsEnabled):
+        return NetworkError(where, "HF_HUB_OFFLINE is set")
+    if isinstance(exc, LocalEntryNotFoundError):
+        cause = exc.__cause__
+        if isinstance(cause, BaseException) and not isinstance(cause, LocalEntryNotFoundError):
+            return map_error(cause, model_id, revision)
+        return NetworkError(where)
+    if isinstance(exc, EntryNotFoundError):
+        return HubError(f"a file of {model_id} is missing on the Hub: {_first_line(exc)}")
+    if isinstance(exc, HfHubHTTPError):
+        status = exc.response.status_code if exc.response is not None else "?"
+        if status == 401:
+            return HubError(f"the Hub refused the token for {model_id} (401): check HF_TOKEN")
+        return HubError(f"the Hub answered {status} for {model_id or where}: {_first_line(exc)}")
+    if isinstance(exc, (requests.ConnectionError, requests.Timeout)) or is_transient(exc):
+        return NetworkError(where, _reason(exc))
+    if isinstance(exc, OSError) and exc.errno == 28:  # ENOSPC
+        return DiskFullError(str(exc.filename or "the cache"))
+    return HubError(f"unexpected answer from the Hub for {model_id or where}: {_first_line(exc)}")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _reason(exc: BaseException) -> str:
+    """A short why for a connection failure ("connection refused", "timed out" ...)."""
+    text = str(exc).lower()
+    for needle, reason in (
+        ("refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("name or service", "unknown host"),
+        ("nodename nor servname", "unknown host"),
+        ("proxy", "proxy error"),
+        ("ssl", "TLS error"),
+    ):
+        if needle in text:
+            return reason
+    return type(exc).__name__
+
+
+def call_with_retries(
+    fn: Callable[[], T],
+    *,
+    retries: int,
+    model_id: str = "",
+    revision: str | None = None,
+    backoff_s: float = 0.5,
+) -> T:
+    """``fn()``, retried ``retries`` times on transient failures with exponential backoff; any
+    failure leaves as the ``AgentError`` of ``map_error``."""
+    attempt = 0
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt < retries and is_transient(exc):
+                time.sleep(backoff_s * (2**attempt))
+                attempt += 1
+                continue
+            raise map_error(exc, model_id, revision) from exc

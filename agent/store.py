@@ -1,0 +1,508 @@
+"""The store: ``manifest.json`` (which variants are installed, which is active) over the file cache.
+
+``manifest.json`` under ``Paths.home`` is ``{"version": 1, "active": <key|null>, "variants": {key:
+entry}}``; the files themselves live in the Hugging Face cache (``Paths.cache``, snapshots symlinked
+into ``blobs/``) or, for imported models, under ``Paths.imported/<org>/<name>/``.
+
+What callers may rely on:
+
+- ``Store(paths)`` never fails on a bad manifest: one that does not parse or validate is moved aside
+  to ``manifest.corrupt-<UTC>.json`` and the store is rebuilt from the cache; a missing manifest is
+  rebuilt too. What happened is in ``store.warnings`` (one line each) for the worker to report.
+- Every open reconciles: a ``ready`` entry whose files are gone becomes ``error`` ("files missing:
+  ..."), and such an entry whose files came back is ``ready`` again. Entries left ``downloading`` by a
+  killed worker stay ``downloading``; ``interrupted()`` lists them for the downloader to resume.
+- All methods are thread-safe; entries are frozen values (a changed entry is a new object).
+- Every change is written at once, atomically (temp file, fsync, ``os.replace``, fsync of the folder),
+  mode 0600: a crash leaves the old or the new manifest, never half of one.
+- No entry reaches outside the cache or imported roots: model ids are validated and paths checked.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from agent.errors import NotFoundError
+from agent.hub import offered_quantizations, select_files
+from agent.paths import Paths
+from agent.variants import QUANTIZATIONS, InvalidNameError, VariantKey, looks_like_key, validate_model_id
+from ipc.messages import InstalledModel
+
+MANIFEST_VERSION = 1
+Status = Literal["downloading", "ready", "error"]
+Source = Literal["hub", "import"]
+
+
+def utc_now() -> str:
+    """ISO 8601 UTC, second precision, e.g. ``2025-01-31T12:00:00Z``."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class VariantEntry(msgspec.Struct, frozen=True, kw_only=True):
+    """One installed (or installing) variant. ``files`` are relative to ``path``, the folder holding
+    them: a cache snapshot dir (``source="hub"``) or an imported folder (``source="import"``)."""
+
+    key: str
+    model_id: str
+    name: str
+    quantization: str
+    device: str
+    files: list[str]
+    size: int
+    commit: str | None
+    downloaded_at: str | None
+    status: Status
+    error: str | None = None
+    source: Source = "hub"
+    path: str = ""
+    revision: str = "main"
+
+    def to_installed(self, active_key: str | None) -> InstalledModel:
+        return InstalledModel(
+            key=self.key,
+            model_id=self.model_id,
+            name=self.name,
+            quantization=self.quantization,
+            device=self.device,
+            files=list(self.files),
+            size=self.size,
+            commit=self.commit,
+            downloaded_at=self.downloaded_at,
+            status=self.status,
+            error=self.error,
+            active=self.key == active_key,
+            source=self.source,
+        )
+
+    def folder(self) -> Path:
+        """``path`` with symlinks resolved (where the files really are)."""
+        return Path(self.path).resolve()
+
+    def file_paths(self) -> list[Path]:
+        """Where each file is named (for hub entries: the snapshot symlinks, not the blobs)."""
+        folder = self.folder()
+        return [Path(os.path.normpath(folder / f)) for f in self.files]
+
+    def missing_files(self) -> list[str]:
+        return [f for f in self.files if not (Path(self.path) / f).is_file()]
+
+
+def new_entry(
+    model_id: str, quantization: str, device: str, *, path: str, files: list[str], size: int = 0, **more: Any
+) -> VariantEntry:
+    """An entry with a validated key; ``more`` sets the remaining fields (status defaults to downloading)."""
+    key = VariantKey.make(model_id, quantization, device)
+    fields: dict[str, Any] = {"commit": None, "downloaded_at": None, "status": "downloading", **more}
+    return VariantEntry(
+        key=str(key),
+        model_id=key.model_id,
+        name=key.model_id.split("/", 1)[1],
+        quantization=key.quantization,
+        device=key.device,
+        files=list(files),
+        size=size,
+        path=path,
+        **fields,
+    )
+
+
+class _Manifest(msgspec.Struct, kw_only=True):
+    version: int
+    active: str | None = None
+    variants: dict[str, VariantEntry] = msgspec.field(default_factory=dict)
+
+
+class Store:
+    """The manifest and the files it describes. See the module docstring for the guarantees."""
+
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+        self.warnings: list[str] = []
+        self._lock = threading.RLock()
+        paths.ensure()
+        self._variants: dict[str, VariantEntry] = {}
+        self._active: str | None = None
+        self._open()
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def get(self, key: str) -> VariantEntry | None:
+        with self._lock:
+            return self._variants.get(key)
+
+    def require(self, key: str) -> VariantEntry:
+        """The entry of ``key``; ``NotFoundError`` if there is none."""
+        entry = self.get(key)
+        if entry is None:
+            raise NotFoundError(f"no installed variant {key}")
+        return entry
+
+    def list(self) -> list[VariantEntry]:
+        """All entries, sorted by key."""
+        with self._lock:
+            return [self._variants[k] for k in sorted(self._variants)]
+
+    def installed(self) -> list[InstalledModel]:
+        """All entries as the protocol's ``InstalledModel``, ``active`` set on the active one."""
+        with self._lock:
+            return [e.to_installed(self._active) for e in self.list()]
+
+    def interrupted(self) -> list[VariantEntry]:
+        """Entries left ``downloading`` (by a killed or stopped worker), to be resumed."""
+        return [e for e in self.list() if e.status == "downloading"]
+
+    def lookup(self, name: str) -> VariantEntry:
+        """Resolve what a user typed: a variant key (device part optional), or a bare model id (its
+        active variant if that model is active, else its first ready variant in q4, q8, fp16, fp32
+        order). Raises ``NotFoundError`` (or ``InvalidNameError`` for malformed names)."""
+        with self._lock:
+            if looks_like_key(name):
+                return self.require(str(VariantKey.parse(name)))
+            validate_model_id(name)
+            ready = [e for e in self._variants.values() if e.model_id == name and e.status == "ready"]
+            if not ready:
+                raise NotFoundError(f"{name} is not installed (download it first)")
+            active = [e for e in ready if e.key == self._active]
+            return (active or sorted(ready, key=lambda e: (QUANTIZATIONS.index(e.quantization), e.key)))[0]
+
+    @property
+    def active(self) -> str | None:
+        """The active variant's key (remembered across restarts), or None."""
+        with self._lock:
+            return self._active
+
+    # ---- writing -------------------------------------------------------------------------------
+
+    def set_active(self, key: str | None) -> None:
+        """Make ``key`` active (it must be in the store) or clear it with None."""
+        with self._lock:
+            if key is not None:
+                self.require(key)
+            self._active = key
+            self._save()
+
+    def put(self, entry: VariantEntry) -> None:
+        """Add or replace an entry (its key must match its model id, quantization and device)."""
+        _validate_entry(entry.key, entry)
+        with self._lock:
+            self._variants[entry.key] = entry
+            self._save()
+
+    def update(self, key: str, **changes: Any) -> VariantEntry:
+        """Replace fields of an existing entry; returns the new entry. ``NotFoundError`` if absent."""
+        with self._lock:
+            entry = msgspec.structs.replace(self.require(key), **changes)
+            _validate_entry(key, entry)
+            self._variants[key] = entry
+            self._save()
+            return entry
+
+    def remove(self, key: str) -> VariantEntry | None:
+        """Forget an entry without touching files (the downloader uses it for empty cancelled jobs)."""
+        with self._lock:
+            entry = self._variants.pop(key, None)
+            if entry is not None:
+                if self._active == key:
+                    self._active = None
+                self._save()
+            return entry
+
+    def delete(self, key: str) -> int:
+        """Remove a variant and its files; returns the bytes freed.
+
+        Files another entry still uses are kept (HF snapshots symlink into ``blobs/``: q4 and q8 of
+        one commit share config and tokenizer blobs). Partial ``.incomplete`` blobs go too unless
+        another variant of the repo is unfinished. Empty snapshot folders are removed, and the whole
+        repo folder once no snapshot is left. If the variant was active, nothing is active after.
+        Callers cancel a running download of ``key`` first (``Downloads.delete`` does both).
+        """
+        with self._lock:
+            entry = self.require(key)
+            others = [e for k, e in self._variants.items() if k != key]
+            freed = _FileRemover(self.paths, others).remove(entry)
+            del self._variants[key]
+            if self._active == key:
+                self._active = None
+            self._save()
+            return freed
+
+    def release_files(self, old: VariantEntry) -> int:
+        """Delete the files of a superseded version of an entry (e.g. the previous commit after an
+        update) that no current entry uses; the entry itself is not touched. Returns bytes freed."""
+        with self._lock:
+            return _FileRemover(self.paths, list(self._variants.values())).remove(old)
+
+    # ---- opening, reconciling, rebuilding -------------------------------------------------------
+
+    def _open(self) -> None:
+        manifest = self.paths.manifest
+        try:
+            raw = manifest.read_bytes()
+        except FileNotFoundError:
+            raw = None
+        if raw is None:
+            self._rebuild()
+            if self._variants:
+                self.warnings.append(f"{manifest} was missing: rebuilt {len(self._variants)} variant(s) from the cache")
+        else:
+            try:
+                data = msgspec.json.decode(raw, type=_Manifest)
+                if data.version != MANIFEST_VERSION:
+                    raise ValueError(f"unsupported manifest version {data.version}")
+                for key, entry in data.variants.items():
+                    _validate_entry(key, entry)
+                if data.active is not None and data.active not in data.variants:
+                    raise ValueError(f"active variant {data.active!r} is not in the manifest")
+                self._variants, self._active = dict(data.variants), data.active
+            except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+                aside = self._move_aside(manifest)
+                self._rebuild()
+                self.warnings.append(
+                    f"{manifest} was unreadable ({_one_line(exc)}): kept as {aside.name}, "
+                    f"rebuilt {len(self._variants)} variant(s) from the cache"
+                )
+        self._reconcile()
+        self._save()
+
+    def _move_aside(self, manifest: Path) -> Path:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        aside = manifest.with_name(f"manifest.corrupt-{stamp}.json")
+        n = 1
+        while aside.exists():
+            aside = manifest.with_name(f"manifest.corrupt-{stamp}-{n}.json")
+            n += 1
+        os.replace(manifest, aside)
+        return aside
+
+    def _reconcile(self) -> None:
+        for key, entry in list(self._variants.items()):
+            if not self._inside_roots(Path(entry.path), entry.files):
+                if entry.status != "error" or entry.error != "path outside the store":
+                    self._variants[key] = msgspec.structs.replace(entry, status="error", error="path outside the store")
+                continue
+            if entry.status == "downloading":
+                continue
+            missing = entry.missing_files()
+            if entry.status == "ready" and missing:
+                shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+                self._variants[key] = msgspec.structs.replace(entry, status="error", error=f"files missing: {shown}")
+            elif entry.status == "error" and (entry.error or "").startswith("files missing") and not missing:
+                self._variants[key] = msgspec.structs.replace(entry, status="ready", error=None)
+        if self._active is not None and self._active not in self._variants:
+            self._active = None
+
+    def _inside_roots(self, folder: Path, files: list[str]) -> bool:
+        roots = [self.paths.cache.resolve(), self.paths.imported.resolve()]
+        try:
+            base = folder.resolve()
+            if not any(base.is_relative_to(r) and base != r for r in roots):
+                return False
+            return all(Path(os.path.normpath(base / f)).is_relative_to(base) for f in files)
+        except (OSError, ValueError):
+            return False
+
+    def _rebuild(self) -> None:
+        """Entries for everything runnable in the cache and the imported folder (status ready)."""
+        found: dict[str, VariantEntry] = {}
+        for entry in [*_scan_hub_cache(self.paths.cache), *_scan_imported(self.paths.imported)]:
+            old = found.get(entry.key)
+            if old is None or (entry.downloaded_at or "") > (old.downloaded_at or ""):
+                found[entry.key] = entry
+        self._variants, self._active = found, None
+
+    def _save(self) -> None:
+        data = _Manifest(version=MANIFEST_VERSION, active=self._active, variants=dict(sorted(self._variants.items())))
+        atomic_write(self.paths.manifest, msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n")
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` so a crash leaves the old or the new content, never a mix."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _validate_entry(key: str, entry: VariantEntry) -> None:
+    try:
+        expected = str(VariantKey.make(entry.model_id, entry.quantization, entry.device))
+    except InvalidNameError as exc:
+        raise ValueError(str(exc)) from None
+    if key != entry.key or entry.key != expected:
+        raise ValueError(f"entry {key!r} does not match its fields (expected {expected!r})")
+    if any(os.path.isabs(f) or ".." in Path(f).parts for f in entry.files):
+        raise ValueError(f"entry {key!r} names a file outside its folder")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _mtime_iso(paths: list[Path]) -> str | None:
+    times = [p.stat().st_mtime for p in paths if p.exists()]
+    if not times:
+        return None
+    return datetime.fromtimestamp(max(times), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _variants_in(model_id: str, folder: Path, names: list[str], **fields: Any) -> list[VariantEntry]:
+    entries = []
+    for quant in offered_quantizations(names):
+        files = select_files(names, quant)
+        paths = [folder / f for f in files]
+        size = sum(p.stat().st_size for p in paths if p.exists())
+        entries.append(
+            new_entry(model_id, quant, "auto", path=str(folder), files=files, size=size, status="ready",
+                      downloaded_at=_mtime_iso(paths), **fields)
+        )
+    return entries
+
+
+def _scan_hub_cache(cache: Path) -> list[VariantEntry]:
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    try:
+        info = scan_cache_dir(cache)
+    except (CacheNotFound, OSError, ValueError):
+        return []
+    entries: list[VariantEntry] = []
+    for repo in info.repos:
+        try:
+            model_id = validate_model_id(repo.repo_id)
+        except InvalidNameError:
+            continue
+        if repo.repo_type != "model":
+            continue
+        for rev in repo.revisions:
+            names = [f.file_path.relative_to(rev.snapshot_path).as_posix() for f in rev.files]
+            ref = sorted(rev.refs)[0] if rev.refs else rev.commit_hash
+            entries += _variants_in(model_id, rev.snapshot_path, names, commit=rev.commit_hash, revision=ref)
+    return entries
+
+
+def _scan_imported(root: Path) -> list[VariantEntry]:
+    entries: list[VariantEntry] = []
+    if not root.is_dir():
+        return entries
+    for folder in sorted(p for p in root.glob("*/*") if p.is_dir()):
+        try:
+            model_id = validate_model_id(f"{folder.parent.name}/{folder.name}")
+        except InvalidNameError:
+            continue
+        names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        entries += _variants_in(model_id, folder, names, commit=None, source="import", revision="")
+    return entries
+
+
+class _FileRemover:
+    """Deletes one entry's files while keeping everything ``others`` still reference."""
+
+    def __init__(self, paths: Paths, others: list[VariantEntry]) -> None:
+        self.paths = paths
+        self.others = others
+        self.kept_links = {str(p) for e in others for p in e.file_paths()}
+        self.kept_targets = {os.path.realpath(p) for e in others for p in e.file_paths()}
+        self.freed = 0
+        self._seen: set[tuple[int, int]] = set()
+
+    def _unlink(self, path: Path, count: bool = True) -> None:
+        try:
+            st = path.lstat()
+            path.unlink()
+        except FileNotFoundError:
+            return
+        if count and not stat.S_ISLNK(st.st_mode) and (st.st_dev, st.st_ino) not in self._seen and st.st_nlink <= 1:
+            self._seen.add((st.st_dev, st.st_ino))
+            self.freed += st.st_size
+
+    def remove(self, entry: VariantEntry) -> int:
+        if not entry.path:
+            return 0
+        folder = entry.folder()
+        cache, imported = self.paths.cache.resolve(), self.paths.imported.resolve()
+        if entry.source == "hub" and folder.is_relative_to(cache) and folder.parent.name == "snapshots":
+            self._remove_hub(entry, folder, folder.parent.parent)
+        elif folder.is_relative_to(imported) and folder != imported:
+            self._remove_files(entry, folder, within=folder)
+            if not any(e.folder() == folder for e in self.others):  # hflocal made it: all of it goes
+                self._remove_tree(folder)
+            _prune_empty(folder, stop=imported)
+        return self.freed
+
+    def _remove_files(self, entry: VariantEntry, folder: Path, within: Path) -> None:
+        for rel in entry.files:
+            link = Path(os.path.normpath(folder / rel))
+            if not link.is_relative_to(folder) or str(link) in self.kept_links:
+                continue
+            target = Path(os.path.realpath(link))
+            if link.is_symlink():
+                link.unlink(missing_ok=True)
+                if target.is_relative_to(within) and str(target) not in self.kept_targets:
+                    if not _still_linked(within / "snapshots", target):
+                        self._unlink(target)
+            else:
+                self._unlink(link)
+            _prune_empty(link.parent, stop=folder)
+
+    def _remove_hub(self, entry: VariantEntry, snapshot: Path, repo_dir: Path) -> None:
+        if not repo_dir.name.startswith("models--") or repo_dir.parent != self.paths.cache.resolve():
+            return
+        self._remove_files(entry, snapshot, within=repo_dir)
+        same_repo = [e for e in self.others if e.model_id == entry.model_id and e.source == "hub"]
+        if not any(e.status != "ready" for e in same_repo):
+            for partial in (repo_dir / "blobs").glob("*.incomplete"):
+                self._unlink(partial)
+        _prune_empty(snapshot, stop=repo_dir / "snapshots")
+        snapshots = repo_dir / "snapshots"
+        if not same_repo and (not snapshots.exists() or not any(snapshots.iterdir())):
+            self._remove_tree(repo_dir)
+            shutil.rmtree(self.paths.cache / ".locks" / repo_dir.name, ignore_errors=True)
+
+    def _remove_tree(self, folder: Path) -> None:
+        for leftover in folder.rglob("*"):
+            if leftover.is_file() and not leftover.is_symlink():
+                self._unlink(leftover)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _still_linked(snapshots: Path, target: Path) -> bool:
+    """True if any symlink under ``snapshots`` still resolves to ``target``."""
+    if not snapshots.is_dir():
+        return False
+    return any(p.is_symlink() and Path(os.path.realpath(p)) == target for p in snapshots.rglob("*"))
+
+
+def _prune_empty(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents while they are empty, up to and including ``folder`` but
+    never ``stop`` itself or anything above it."""
+    folder = Path(os.path.normpath(folder))
+    stop = Path(os.path.normpath(stop))
+    while folder != stop and folder.is_relative_to(stop):
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent

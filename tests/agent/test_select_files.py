@@ -1,0 +1,63 @@
+"""File selection per quantization (pure functions, no hub)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.hub import external_data_files, offered_quantizations, quantization_of, select_files
+
+SUPPORT = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def test_transformers_js_layout_each_quant_gets_its_graph_data_and_support_files() -> None:
+    names = SUPPORT + [
+        "README.md", ".gitattributes",
+        "onnx/model.onnx", "onnx/model.onnx_data",
+        "onnx/model_fp16.onnx",
+        "onnx/model_q4.onnx", "onnx/model_q4.onnx_data_1", "onnx/model_q4.onnx_data",
+        "onnx/model_q4f16.onnx", "onnx/model_quantized.onnx", "onnx/model_bnb4.onnx",
+    ]
+    assert select_files(names, "q4") == ["onnx/model_q4.onnx", "onnx/model_q4.onnx_data", "onnx/model_q4.onnx_data_1", *SUPPORT]
+    assert select_files(names, "fp32") == ["onnx/model.onnx", "onnx/model.onnx_data", *SUPPORT]
+    assert select_files(names, "fp16") == ["onnx/model_fp16.onnx", *SUPPORT]
+    assert select_files(names, "q8") == ["onnx/model_quantized.onnx", *SUPPORT]
+    assert offered_quantizations(names) == ["q4", "q8", "fp16", "fp32"]
+
+
+def test_external_data_is_sorted_numerically_and_accepts_dot_data() -> None:
+    names = ["onnx/model.onnx", "onnx/model.onnx_data_10", "onnx/model.onnx_data_2", "onnx/model.onnx_data",
+             "onnx/model.onnx.data", "onnx/model.onnx_data_x", "onnx/model_q4.onnx_data"]
+    assert external_data_files(names, "onnx/model.onnx") == [
+        "onnx/model.onnx.data", "onnx/model.onnx_data", "onnx/model.onnx_data_2", "onnx/model.onnx_data_10"
+    ]
+
+
+def test_chat_template_and_fallback_tokenizer_files() -> None:
+    names = ["onnx/model_q4.onnx", "config.json", "vocab.json", "merges.txt", "chat_template.jinja", "added_tokens.json"]
+    assert select_files(names, "q4") == [
+        "onnx/model_q4.onnx", "config.json", "chat_template.jinja", "added_tokens.json", "vocab.json", "merges.txt"
+    ]
+    # with a tokenizer.json, vocab/merges are not needed
+    assert "vocab.json" not in select_files(names + ["tokenizer.json"], "q4")
+
+
+def test_q8_alternatives_and_root_layout() -> None:
+    assert select_files(["onnx/model_int8.onnx", "onnx/model_uint8.onnx"], "q8") == ["onnx/model_int8.onnx"]
+    assert select_files(["onnx/model_uint8.onnx"], "q8") == ["onnx/model_uint8.onnx"]
+    # optimum exports put model.onnx at the root; onnx/ wins when both exist
+    assert select_files(["model.onnx", "model.onnx_data", "config.json"], "fp32") == ["model.onnx", "model.onnx_data", "config.json"]
+    assert select_files(["model.onnx", "onnx/model.onnx"], "fp32") == ["onnx/model.onnx"]
+
+
+def test_not_offered_is_empty_and_bad_quant_raises() -> None:
+    assert select_files(["onnx/model.onnx", "config.json"], "q4") == []
+    assert offered_quantizations(["config.json", "model.safetensors"]) == []
+    with pytest.raises(ValueError, match="invalid quantization"):
+        select_files(["onnx/model.onnx"], "int3")
+
+
+def test_quantization_of() -> None:
+    assert quantization_of("onnx/model_q4.onnx") == "q4"
+    assert quantization_of("onnx/model_quantized.onnx") == "q8"
+    assert quantization_of("model.onnx") == "fp32"
+    assert quantization_of("onnx/model_q4f16.onnx") is None
