@@ -1,0 +1,586 @@
+"""Download jobs: one background thread per variant, resumable, verified, with rate-limited progress.
+
+What callers may rely on:
+
+- ``start`` does the quick, failing-early part on the caller's thread (validate, list the repo's
+  files, check free disk, record the entry as ``downloading``) and raises ``AgentError`` for anything
+  wrong; then the job runs in its own thread and reports only through events:
+  ``DownloadStarted`` → ``DownloadProgress``* (≤ 5/s, the last one with done == total) →
+  ``DownloadFinished`` | ``DownloadFailed`` | ``DownloadCancelled``, each followed by ``ModelsChanged``.
+- Starting a variant that is already downloading joins that job (``existing=True``). Starting one that
+  is ``ready`` at the same commit runs a job that finds every file present and finishes at once.
+- Each file goes through ``huggingface_hub.hf_hub_download`` into the HF cache. Bytes on disk are
+  never fetched twice: a partial ``.incomplete`` blob left by a dropped connection, a cancel or a
+  killed worker is continued with a Range request. Transient failures are retried
+  ``settings.hub.retries`` times with backoff (the count resets whenever bytes arrived).
+- Every LFS file is checked against the sha256 the Hub publishes; a mismatch deletes the blob and
+  fails the job with ``integrity``. ENOSPC fails it with ``disk_full``. A failed job leaves its entry
+  ``error`` (with the message) and its partial files, so a later ``start`` resumes.
+- ``cancel`` stops a job within about a second (or a read timeout on a stalled connection). The
+  entry is removed if no weight bytes were on disk yet; otherwise it stays as ``error``
+  ("cancelled ... download again to resume") with the partial files kept.
+- ``shutdown`` stops all jobs without events and leaves their entries ``downloading``;
+  ``resume_interrupted`` (at the next start) continues them at the same commit.
+
+huggingface_hub 0.36's ``hf_hub_download`` takes no ``tqdm_class``; per-chunk byte counts come from a
+thread-local hook on its progress-bar factory. Downloads go over plain HTTP (xet and hf_transfer
+are switched off in this process) because only that path resumes partial files.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import huggingface_hub.constants as hf_constants
+import msgspec
+from huggingface_hub import file_download, hf_hub_download
+from huggingface_hub.file_download import repo_folder_name
+
+from agent import hub
+from agent.errors import AgentError, BadRequestError, DiskFullError, GatedRepoError, IntegrityError, NotFoundError
+from agent.errors import InternalError, NetworkError
+from agent.hub import RemoteFile
+from agent.paths import Paths
+from agent.settings import Settings
+from agent.store import Store, new_entry, utc_now
+from agent.variants import InvalidNameError, VariantKey
+from ipc.messages import (
+    DownloadCancelled,
+    DownloadFailed,
+    DownloadFinished,
+    DownloadInfo,
+    DownloadProgress,
+    DownloadStarted,
+    Event,
+    ModelsChanged,
+)
+
+log = logging.getLogger("hflocal.downloads")
+
+DEFAULT_DISK_MARGIN = 256 * 1024 * 1024
+"""Free space kept beyond what a download still needs (the OS and other programs need some too)."""
+PROGRESS_INTERVAL_S = 0.2
+CHUNK_BYTES = 256 * 1024
+"""Read size per chunk: how often progress is counted and a cancel is noticed."""
+_RATE_WINDOW_S = 5.0
+
+
+class _Stop(Exception):
+    """Raised inside the download thread (from the progress hook) to stop a cancelled job."""
+
+
+# --------------------------------------------------------------------------- progress hook
+
+_local = threading.local()
+_hook_lock = threading.Lock()
+_original_bar: Callable[..., Any] | None = None
+
+
+def _install_hook() -> None:
+    """Route huggingface_hub's per-file progress bars to the job running on the current thread."""
+    global _original_bar
+    with _hook_lock:
+        hf_constants.HF_HUB_DISABLE_XET = True
+        hf_constants.HF_HUB_ENABLE_HF_TRANSFER = False
+        hf_constants.DOWNLOAD_CHUNK_SIZE = min(hf_constants.DOWNLOAD_CHUNK_SIZE, CHUNK_BYTES)
+        if _original_bar is not None:
+            return
+        _original_bar = file_download._get_progress_bar_context
+
+        def hooked(*, _tqdm_bar: Any = None, **kwargs: Any) -> Any:
+            job = getattr(_local, "job", None)
+            if job is None or _tqdm_bar is not None:
+                assert _original_bar is not None
+                return _original_bar(_tqdm_bar=_tqdm_bar, **kwargs)
+            return job.open_bar(int(kwargs.get("initial") or 0))
+
+        file_download._get_progress_bar_context = hooked
+
+
+class _Bar:
+    """The tqdm stand-in huggingface_hub writes to: counts bytes into the job, stops it if cancelled."""
+
+    def __init__(self, job: DownloadJob) -> None:
+        self.job = job
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: float | None = 1) -> None:
+        self.job.add_bytes(int(n or 0))
+
+    def close(self) -> None:
+        return None
+
+
+# --------------------------------------------------------------------------- one job
+
+
+class DownloadJob:
+    """One variant being downloaded. Read ``state``, ``done_bytes``, ``info()``; ``wait()`` for the end.
+
+    ``state``: ``running`` → ``finished`` | ``failed`` | ``cancelled`` | ``stopped`` (shutdown).
+    ``error`` holds the ``AgentError`` of a failed job.
+    """
+
+    def __init__(self, owner: Downloads, key: VariantKey, revision: str) -> None:
+        self.job_id = "dl-" + secrets.token_hex(4)
+        self.key = str(key)
+        self.model_id, self.quantization, self.device = key.model_id, key.quantization, key.device
+        self.revision = revision
+        self.commit = ""
+        self.files: list[RemoteFile] = []
+        self.total_bytes = 0
+        self.resumed_bytes = 0
+        self.fetched_bytes = 0
+        self.current_file = ""
+        self.state = "running"
+        self.error: AgentError | None = None
+        self.started = time.monotonic()
+        self._owner = owner
+        self._done: dict[str, int] = {}
+        self._cancel = threading.Event()
+        self._stop_reason = ""
+        self._ended = threading.Event()
+        self._lock = threading.Lock()
+        self._last_publish = 0.0
+        self._samples: deque[tuple[float, int]] = deque()
+        self.thread: threading.Thread | None = None
+        self.joined = False
+
+    # ---- reading ----
+
+    @property
+    def done_bytes(self) -> int:
+        with self._lock:
+            return sum(self._done.values())
+
+    def rate_and_eta(self) -> tuple[float, float | None]:
+        with self._lock:
+            now = time.monotonic()
+            samples = [s for s in self._samples if now - s[0] <= _RATE_WINDOW_S]
+            rate = 0.0
+            if samples and now - samples[0][0] > 0.05:
+                rate = (self.fetched_bytes - samples[0][1]) / (now - samples[0][0])
+        left = max(self.total_bytes - self.done_bytes, 0)
+        return rate, (left / rate if rate > 0 else (0.0 if left == 0 else None))
+
+    def info(self) -> DownloadInfo:
+        rate, eta = self.rate_and_eta()
+        return DownloadInfo(
+            job_id=self.job_id, key=self.key, model_id=self.model_id, quantization=self.quantization,
+            done_bytes=self.done_bytes, total_bytes=self.total_bytes, rate_bps=rate, eta_s=eta,
+            current_file=self.current_file, state=self.state,
+        )
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the job ended; False if ``timeout`` passed first."""
+        return self._ended.wait(timeout)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended.is_set()
+
+    # ---- called from the download thread ----
+
+    def open_bar(self, initial: int) -> _Bar:
+        if self._cancel.is_set():
+            raise _Stop()
+        with self._lock:
+            self._done[self.current_file] = initial
+        return _Bar(self)
+
+    def add_bytes(self, n: int) -> None:
+        if self._cancel.is_set():
+            raise _Stop()
+        now = time.monotonic()
+        with self._lock:
+            self._done[self.current_file] = self._done.get(self.current_file, 0) + n
+            self.fetched_bytes += n
+            self._samples.append((now, self.fetched_bytes))
+            while self._samples and now - self._samples[0][0] > _RATE_WINDOW_S:
+                self._samples.popleft()
+            due = now - self._last_publish >= PROGRESS_INTERVAL_S
+            if due:
+                self._last_publish = now
+        if due:
+            self.publish_progress()
+
+    def publish_progress(self) -> None:
+        rate, eta = self.rate_and_eta()
+        self._owner.emit(DownloadProgress(
+            job_id=self.job_id, key=self.key, done_bytes=self.done_bytes, total_bytes=self.total_bytes,
+            rate_bps=rate, eta_s=eta, current_file=self.current_file,
+        ))
+
+    def set_file_done(self, path: str, size: int) -> None:
+        with self._lock:
+            self._done[path] = size
+
+
+# --------------------------------------------------------------------------- the job registry
+
+
+class Downloads:
+    """All download jobs of one worker. Thread-safe; see the module docstring for the guarantees."""
+
+    def __init__(
+        self,
+        store: Store,
+        paths: Paths,
+        settings: Settings,
+        publish: Callable[[Event], None],
+        *,
+        session: str = "",
+        disk_margin_bytes: int = DEFAULT_DISK_MARGIN,
+        backoff_s: float = 1.0,
+    ) -> None:
+        _install_hook()
+        self.store, self.paths, self.settings = store, paths, settings
+        self._publish = publish
+        self.session = session
+        self.disk_margin_bytes = disk_margin_bytes
+        self.backoff_s = backoff_s
+        self.warnings: list[str] = []
+        self._jobs: dict[str, DownloadJob] = {}
+        self._lock = threading.Lock()
+
+    def emit(self, event: Event) -> None:
+        """Publish ``event`` stamped with this worker's session and the time; never raises."""
+        try:
+            self._publish(msgspec.structs.replace(event, session=self.session, time=time.time()))
+        except Exception:
+            log.exception("publishing %s failed", type(event).__name__)
+
+    def _models_changed(self) -> None:
+        self.emit(ModelsChanged(keys=[e.key for e in self.store.list()]))
+
+    # ---- starting ----
+
+    def start(
+        self, model_id: str, quantization: str | None = None, device: str | None = None, revision: str = "main"
+    ) -> tuple[DownloadJob, bool]:
+        """Start (or join) the download of one variant; returns ``(job, existing)``.
+
+        Raises ``BadRequestError`` for invalid names and the Hub's errors (``repo_not_found``,
+        ``gated``, ``no_onnx``, ``quant_not_offered``, ``network``, ``hub_error``), or ``disk_full``
+        when the cache's disk lacks what is still to fetch plus ``disk_margin_bytes``.
+        """
+        try:
+            key = VariantKey.make(
+                model_id,
+                quantization or self.settings.models.default_quantization,
+                device or self.settings.models.default_device,
+            )
+        except InvalidNameError as exc:
+            raise BadRequestError(str(exc)) from None
+        with self._lock:
+            running = self._jobs.get(str(key))
+            if running is not None:
+                running.joined = True
+                return running, True
+            job = DownloadJob(self, key, revision)
+            self._jobs[job.key] = job
+        try:
+            created = self._prepare(job)
+        except BaseException:
+            with self._lock:
+                self._jobs.pop(job.key, None)
+            job.state = "failed"
+            job._ended.set()
+            if job.joined:  # someone else was told to wait for this job: tell them it failed
+                err = sys.exc_info()[1]
+                code = err.code if isinstance(err, AgentError) else "internal"
+                self.emit(DownloadFailed(job_id=job.job_id, key=job.key, code=code, message=str(err)))
+            raise
+        if created:
+            self._models_changed()
+        job.thread = threading.Thread(target=self._run, args=(job,), name=f"download-{job.job_id}", daemon=True)
+        job.thread.start()
+        return job, False
+
+    def _prepare(self, job: DownloadJob) -> bool:
+        """List, check and record the job's files; True if a new store entry was created."""
+        listing = hub.fetch_listing(job.model_id, job.revision, retries=min(self.settings.hub.retries, 2))
+        if listing.gated and not hub.token():
+            raise GatedRepoError(job.model_id, hub.endpoint())
+        job.files = listing.plan(job.quantization)
+        job.commit = listing.commit
+        job.total_bytes = sum(f.size for f in job.files)
+        for f in job.files:
+            job.set_file_done(f.path, self._on_disk(job, f))
+        job.resumed_bytes = job.done_bytes
+        needed = job.total_bytes - job.resumed_bytes
+        free = _free_bytes(self.paths.cache)
+        if needed > 0 and needed + self.disk_margin_bytes > free:
+            raise DiskFullError(str(self.paths.cache), needed + self.disk_margin_bytes, free)
+        entry = self.store.get(job.key)
+        if entry is not None and entry.status == "ready":
+            return False  # an update or a repair: the old files keep serving until the new ones are in
+        revision = entry.revision if entry is not None and entry.status == "downloading" else job.revision
+        self.store.put(new_entry(
+            job.model_id, job.quantization, job.device, path=str(self._snapshot(job)),
+            files=[f.path for f in job.files], size=job.total_bytes, commit=job.commit, revision=revision,
+        ))
+        return entry is None
+
+    def resume_interrupted(self) -> list[DownloadJob]:
+        """Restart jobs for entries left ``downloading``, at the commit they were started at.
+
+        Returns the jobs. An entry that cannot be resumed now gets a line in ``self.warnings``; it
+        stays ``downloading`` when the Hub is unreachable (a later start tries again), else ``error``.
+        """
+        jobs: list[DownloadJob] = []
+        for entry in self.store.interrupted():
+            try:
+                job, _ = self.start(entry.model_id, entry.quantization, entry.device, entry.commit or entry.revision)
+                jobs.append(job)
+            except AgentError as exc:
+                self.warnings.append(f"could not resume the download of {entry.key}: {exc}")
+                if not isinstance(exc, NetworkError):
+                    self.store.update(entry.key, status="error", error=str(exc))
+                log.warning("%s", self.warnings[-1])
+        return jobs
+
+    # ---- the thread ----
+
+    def _run(self, job: DownloadJob) -> None:
+        _local.job = job
+        try:
+            self.emit(DownloadStarted(
+                job_id=job.job_id, key=job.key, model_id=job.model_id, quantization=job.quantization,
+                total_bytes=job.total_bytes, files=[f.path for f in job.files], resumed_bytes=job.resumed_bytes,
+            ))
+            self._fetch_all(job)
+        except _Stop:
+            self._end_stopped(job)
+        except BaseException as exc:  # every failure becomes an event, never a dead silent thread
+            if job._cancel.is_set():
+                self._end_stopped(job)
+            else:
+                self._end_failed(job, exc if isinstance(exc, AgentError) else _as_agent_error(exc, job, self.paths.cache))
+        else:
+            self._end_finished(job)
+        finally:
+            _local.job = None
+            with self._lock:
+                if self._jobs.get(job.key) is job:
+                    del self._jobs[job.key]
+            job._ended.set()
+
+    def _fetch_all(self, job: DownloadJob) -> None:
+        attempt = 0
+        while True:
+            fetched_before = job.fetched_bytes
+            try:
+                for f in job.files:
+                    job.current_file = f.path
+                    self._fetch(job, f)
+                return
+            except (_Stop, AgentError):
+                raise
+            except Exception as exc:
+                if _is_enospc(exc) or not hub.is_transient(exc):
+                    raise
+                if job.fetched_bytes > fetched_before:
+                    attempt = 0
+                if attempt >= self.settings.hub.retries:
+                    raise
+                delay = min(self.backoff_s * (2**attempt), 30.0)
+                attempt += 1
+                log.info("download %s: %s; retry %d in %.1fs", job.key, exc, attempt, delay)
+                if job._cancel.wait(delay):
+                    raise _Stop() from None
+
+    def _fetch(self, job: DownloadJob, f: RemoteFile) -> None:
+        pointer = hf_hub_download(
+            job.model_id, f.path, revision=job.commit, cache_dir=self.paths.cache,
+            endpoint=hub.endpoint(), token=hub.token(),
+        )
+        if f.sha256:
+            blob = Path(os.path.realpath(pointer))
+            digest = _sha256(blob, job)
+            if digest != f.sha256:
+                blob.unlink(missing_ok=True)
+                Path(pointer).unlink(missing_ok=True)
+                raise IntegrityError(
+                    f"{f.path} of {job.model_id} did not match its sha256 (expected {f.sha256[:12]}…, "
+                    f"got {digest[:12]}…); the file was removed, download again"
+                )
+        job.set_file_done(f.path, f.size)
+
+    # ---- endings ----
+
+    def _end_finished(self, job: DownloadJob) -> None:
+        job.current_file = ""
+        job.publish_progress()
+        old = self.store.get(job.key)
+        snapshot = self._snapshot(job)
+        unchanged = old is not None and old.status == "ready" and old.commit == job.commit and not job.fetched_bytes
+        fields = dict(
+            files=[f.path for f in job.files], size=job.total_bytes, commit=job.commit,
+            downloaded_at=old.downloaded_at if unchanged and old is not None else utc_now(),
+            status="ready", error=None, path=str(snapshot),
+        )
+        if old is None:
+            self.store.put(new_entry(job.model_id, job.quantization, job.device, revision=job.revision, **fields))
+        else:
+            self.store.update(job.key, **fields)
+        if old is not None and old.status == "ready" and old.commit != job.commit:
+            self.store.release_files(old)
+        job.state = "finished"
+        self.emit(DownloadFinished(
+            job_id=job.job_id, key=job.key, size_bytes=job.total_bytes, elapsed_s=time.monotonic() - job.started,
+            fetched_bytes=job.fetched_bytes,
+        ))
+        self._models_changed()
+
+    def _end_failed(self, job: DownloadJob, error: AgentError) -> None:
+        job.state, job.error = "failed", error
+        log.warning("download %s failed: %s", job.key, error)
+        try:
+            entry = self.store.get(job.key)
+            if entry is not None and entry.status != "ready":
+                self.store.update(job.key, status="error", error=str(error))
+        except Exception:  # e.g. the manifest's disk is full too: the old manifest stays intact
+            log.exception("recording the failure of %s", job.key)
+        self.emit(DownloadFailed(job_id=job.job_id, key=job.key, code=error.code, message=str(error)))
+        self._models_changed()
+
+    def _end_stopped(self, job: DownloadJob) -> None:
+        if job._stop_reason == "shutdown":
+            job.state = "stopped"  # the entry stays "downloading": resumed at the next start
+            return
+        job.state = "cancelled"
+        entry = self.store.get(job.key)
+        if entry is not None and entry.status != "ready":
+            weights = [f for f in job.files if f.sha256 or f.path.endswith(".onnx")]
+            kept = sum(self._on_disk(job, f) for f in weights)
+            if kept == 0:
+                self.store.delete(job.key)
+            else:
+                self.store.update(job.key, status="error", error=(
+                    f"download cancelled with {kept} of {job.total_bytes} bytes kept; download again to resume"
+                ))
+        self.emit(DownloadCancelled(job_id=job.job_id, key=job.key))
+        self._models_changed()
+
+    # ---- control ----
+
+    def find(self, job_id: str | None = None, key: str | None = None) -> DownloadJob:
+        """The running job with this id and/or variant key (device part of the key optional)."""
+        if job_id is None and key is None:
+            raise BadRequestError("name a download by job_id or key")
+        if key is not None:
+            try:
+                key = str(VariantKey.parse(key))
+            except InvalidNameError as exc:
+                raise BadRequestError(str(exc)) from None
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            if (job_id is None or job.job_id == job_id) and (key is None or job.key == key):
+                return job
+        raise NotFoundError(f"no running download {job_id or key}")
+
+    def cancel(self, job_id: str | None = None, key: str | None = None, wait_s: float = 10.0) -> DownloadJob:
+        """Stop a running job (by id or key) and wait up to ``wait_s`` for it to end; see the module
+        docstring for what happens to its entry and files. ``NotFoundError`` if no such job runs."""
+        job = self.find(job_id, key)
+        job._stop_reason = job._stop_reason or "cancel"
+        job._cancel.set()
+        job.wait(wait_s)
+        return job
+
+    def delete(self, key: str) -> int:
+        """Cancel the variant's job if one runs, then ``Store.delete``; returns the bytes freed."""
+        try:
+            self.cancel(key=key)
+        except NotFoundError:
+            pass
+        return self.store.delete(str(VariantKey.parse(key)))
+
+    def running(self) -> list[DownloadInfo]:
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return [j.info() for j in jobs]
+
+    def shutdown(self, wait_s: float = 10.0) -> None:
+        """Stop every job without events; their entries stay ``downloading`` (resumable)."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            job._stop_reason = "shutdown"
+            job._cancel.set()
+        deadline = time.monotonic() + wait_s
+        for job in jobs:
+            job.wait(max(deadline - time.monotonic(), 0.0))
+
+    # ---- helpers ----
+
+    def _repo_dir(self, job: DownloadJob) -> Path:
+        return self.paths.cache / repo_folder_name(repo_id=job.model_id, repo_type="model")
+
+    def _snapshot(self, job: DownloadJob) -> Path:
+        return (self._repo_dir(job) / "snapshots" / job.commit).resolve()
+
+    def _on_disk(self, job: DownloadJob, f: RemoteFile) -> int:
+        """Bytes of ``f`` already in the cache: all of it, a partial ``.incomplete`` blob, or 0."""
+        if (self._snapshot(job) / f.path).is_file():
+            return f.size
+        if f.etag:
+            blob = self._repo_dir(job) / "blobs" / f.etag
+            if blob.is_file():
+                return f.size
+            try:
+                return min(os.path.getsize(f"{blob}.incomplete"), f.size)
+            except OSError:
+                return 0
+        return 0
+
+
+def _sha256(path: Path, job: DownloadJob) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            if job._cancel.is_set():
+                raise _Stop()
+    return digest.hexdigest()
+
+
+def _free_bytes(folder: Path) -> int:
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return shutil.disk_usage(probe).free
+
+
+def _is_enospc(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _as_agent_error(exc: BaseException, job: DownloadJob, cache: Path) -> AgentError:
+    if _is_enospc(exc):
+        return DiskFullError(str(cache))
+    if not isinstance(exc, Exception):
+        return InternalError(f"download of {job.key} stopped: {exc!r}")
+    return hub.map_error(exc, job.model_id, job.revision)
