@@ -8,8 +8,13 @@ token completes it. The window is seeded with the last prompt tokens, so the com
 what the tokens add to the prompt's text. ``flush`` releases whatever is held (an incomplete
 character at the very end is emitted as U+FFFD, exactly as a full decode would show it).
 
+For valid UTF-8 the streamed text equals the full decode. For byte sequences that never form a
+character the two can differ slightly: SentencePiece's ByteFallback decoder turns a whole run of
+byte tokens into U+FFFD once the run is invalid, even bytes (like ``#``) already streamed as text.
+
 ``StopMatcher`` holds back the end of the text while it could be the start of a stop string; when
-a stop string appears, the text before it is released and the rest dropped.
+a stop string appears, the text before it is released and the rest dropped. With several stop
+strings, the first to be completed wins, so the cut does not depend on how the text was chunked.
 """
 
 from __future__ import annotations
@@ -62,14 +67,16 @@ class StopMatcher:
         if not self._stops:
             return text, False
         pending = self._pending + text
-        cut = -1
+        # The stop that completes first wins (then the one that starts first), as if the text had
+        # arrived one character at a time: the result does not depend on how text is chunked.
+        best: tuple[int, int] | None = None
         for stop in self._stops:
             at = pending.find(stop)
-            if at >= 0 and (cut < 0 or at < cut):
-                cut = at
-        if cut >= 0:
+            if at >= 0 and (best is None or (at + len(stop), at) < best):
+                best = (at + len(stop), at)
+        if best is not None:
             self._pending = ""
-            return pending[:cut], True
+            return pending[: best[1]], True
         hold = self._held_length(pending)
         self._pending = pending[len(pending) - hold :] if hold else ""
         return pending[: len(pending) - hold], False
