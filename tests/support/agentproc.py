@@ -1,0 +1,106 @@
+"""Start real ``hflocal serve`` processes on free loopback ports, and always stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ipc.client import Client
+from ipc.connection import ConnectionInfo, read_connection
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class AgentProcess:
+    home: Path
+    proc: subprocess.Popen[bytes]
+    info: ConnectionInfo
+    log: Path
+    ports: tuple[int, int, int] = field(default=(0, 0, 0))
+
+    @property
+    def http_url(self) -> str:
+        return self.info.http_url
+
+    def client(self, timeout: float = 10.0) -> Client:
+        return Client(self.home, timeout=timeout)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in ``timeout`` seconds; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def cli(*args: str, home: Path, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``hflocal ARGS`` as a user would (a separate process); returns the completed process."""
+    full_env = {**os.environ, "HFLOCAL_HOME": str(home), **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "cli.main", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+
+
+def start_agent(
+    home: Path,
+    *,
+    env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
+    ports: tuple[int, int, int] | None = None,
+    timeout: float = 60.0,
+) -> AgentProcess:
+    """Start ``hflocal serve`` and wait (bounded) until it has written ``agent.json``."""
+    home.mkdir(parents=True, exist_ok=True)
+    http, req, pub = ports or (free_port(), free_port(), free_port())
+    log = home / f"serve-{time.monotonic_ns()}.log"
+    full_env = {**os.environ, "HFLOCAL_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
+    args = [
+        sys.executable, "-m", "cli.main", "serve",
+        "--port", str(http),
+        "--zmq-request", f"tcp://127.0.0.1:{req}",
+        "--zmq-events", f"tcp://127.0.0.1:{pub}",
+        *extra_args,
+    ]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"hflocal serve exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            info = read_connection(home / "agent.json")
+            if info.pid == proc.pid:
+                return AgentProcess(home=home, proc=proc, info=info, log=log, ports=(http, req, pub))
+        except Exception:  # noqa: BLE001 - not written yet
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(10)
+    raise RuntimeError(f"hflocal serve did not become ready in {timeout}s:\n{log.read_text(errors='replace')}")
