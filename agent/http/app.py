@@ -1,0 +1,123 @@
+"""The Quart app (OpenAI API + health, open to the lead's management blueprints) and its server.
+
+``create_app`` builds the app around a ``ModelPool``; ``serve_http`` runs it with Hypercorn inside
+the caller's event loop (next to ZeroMQ) until ``shutdown_event`` is set, with no signal handlers of
+its own. What a caller may rely on:
+
+- ``GET /health`` answers at once, whatever the models are doing.
+- Every error, including unknown routes (404), wrong methods (405) and bodies over
+  ``http.max_body_bytes`` (413), is OpenAI-shaped JSON (``agent.http.errors``).
+- With ``http.api_key`` (or ``HFLOCAL_API_KEY``) set, ``/v1/*`` needs ``Authorization: Bearer <key>``;
+  ``/health`` and extra blueprints are not guarded (they guard themselves if they need to).
+- ``http.cors_origins`` (``"*"`` allowed) gets CORS headers on every route, preflights included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+from collections.abc import Sequence
+from importlib import metadata
+
+from hypercorn.asyncio import serve
+from hypercorn.config import Config
+from quart import Blueprint, Quart, Response, request
+
+from agent.http.errors import register_error_handlers
+from agent.http.openai_routes import blueprint as openai_blueprint
+from agent.http.openai_routes import json_response
+from agent.http.state import EXTENSION, HttpState, state
+from agent.pool import ModelPool
+from agent.settings import Settings
+
+log = logging.getLogger(__name__)
+
+try:
+    VERSION = metadata.version("hflocal")
+except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+    VERSION = "0.0.0"
+
+
+def create_app(pool: ModelPool, settings: Settings, *, extra_blueprints: Sequence[Blueprint] = ()) -> Quart:
+    """The HTTP app: ``/health``, ``/v1/*`` and ``extra_blueprints`` (registered as they are, so
+    they choose their own ``url_prefix``). Routes reach the pool through ``agent.http.state.state()``."""
+    app = Quart("agent.http")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.http.max_body_bytes,
+        BODY_TIMEOUT=60,
+        RESPONSE_TIMEOUT=None,  # streaming answers set theirs off too; a long generation is no error
+    )
+    api_key = settings.http.api_key or os.environ.get("HFLOCAL_API_KEY") or None
+    app.extensions[EXTENSION] = HttpState(pool=pool, settings=settings, api_key=api_key, port=settings.http.port)
+
+    @app.get("/health")
+    async def health() -> Response:
+        st = state()
+        status = st.pool.status()
+        return json_response({
+            "status": "ok",
+            "model": status.active,
+            "model_state": status.model_state,
+            "port": st.port,
+            "provider": status.provider,
+            "fallback_reason": status.fallback_reason,
+            "loaded": status.loaded,
+            "loading": status.loading,
+            "activating": status.activating,
+            "error": status.error,
+            "queue_depth": status.queue_depth,
+            "version": VERSION,
+        })
+
+    app.register_blueprint(openai_blueprint, url_prefix="/v1")
+    for bp in extra_blueprints:
+        app.register_blueprint(bp)
+    app.after_request(_cors)
+    register_error_handlers(app)
+    return app
+
+
+async def _cors(response: Response) -> Response:
+    origins = state().settings.http.cors_origins
+    origin = request.headers.get("Origin")
+    if not origin or not origins or ("*" not in origins and origin not in origins):
+        return response
+    response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+    response.headers.add("Vary", "Origin")
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = request.headers.get(
+            "Access-Control-Request-Headers", "Authorization, Content-Type")
+        response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+def _bind(host: str, port: int) -> str:
+    try:
+        is_v6 = ipaddress.ip_address(host).version == 6
+    except ValueError:
+        is_v6 = False
+    return f"[{host}]:{port}" if is_v6 else f"{host}:{port}"
+
+
+async def serve_http(
+    app: Quart, host: str, port: int, shutdown_event: asyncio.Event, *, graceful_timeout: float = 5.0
+) -> None:
+    """Serve ``app`` on ``host:port`` until ``shutdown_event`` is set, then stop accepting, give
+    running requests ``graceful_timeout`` seconds and cancel the rest (their generations stop).
+
+    Raises ``OSError`` at once if the address cannot be bound (port in use). Installs no signal
+    handlers. ``/health`` reports ``port``.
+    """
+    app.extensions[EXTENSION].port = port
+    config = Config()
+    config.bind = [_bind(host, port)]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hflocal.http")
+    config.graceful_timeout = graceful_timeout
+    config.keep_alive_timeout = 30
+    config.include_server_header = False
+    log.info("HTTP API on http://%s/v1", _bind(host, port))
+    await serve(app, config, shutdown_trigger=shutdown_event.wait)

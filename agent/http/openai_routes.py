@@ -1,0 +1,218 @@
+"""The OpenAI-compatible routes, mounted at ``/v1``: models, chat completions, completions.
+
+A request's ``model`` may be a variant key, a bare model id or absent (the active model); the
+answer's ``model`` is always the variant key that ran. Every generation holds the model's single
+turn (see ``agent.pool``) from tokenization to the last byte; a client that disconnects — while
+queued, while generating, or while streaming — gives the turn back within one decode step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import msgspec
+from quart import Blueprint, Response, request
+
+from agent.engine.types import SamplingParams, TokenChoice
+from agent.http import schemas, sse
+from agent.http.errors import ApiError, from_exception, invalid_request
+from agent.http.responses import AnswerFormat, Assembler, ChatFormat, CompletionFormat, Piece
+from agent.http.state import state
+from agent.pool import Lease, ModelUnavailableError, ResolvedVariant, UnknownModelError
+
+blueprint = Blueprint("openai", __name__)
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+"""OpenAI's default for ``/v1/completions``; chat uses ``models.default_max_tokens``."""
+
+
+@blueprint.before_request
+async def _require_api_key() -> None:
+    """With an API key configured, every ``/v1`` route needs ``Authorization: Bearer <key>``."""
+    key = state().api_key
+    if key is None or request.method == "OPTIONS":
+        return
+    header = request.headers.get("Authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+                       code="invalid_api_key")
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(payload), status=status, content_type="application/json")
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _model_object(variant: ResolvedVariant) -> dict[str, Any]:
+    return {"id": variant.key, "object": "model", "created": variant.created,
+            "owned_by": variant.model_id.split("/", 1)[0]}
+
+
+@blueprint.get("/models")
+async def list_models() -> Response:
+    """Installed variants whose files are ready, by variant key."""
+    variants = state().pool.installed()
+    return json_response({"object": "list", "data": [_model_object(v) for v in variants]})
+
+
+@blueprint.get("/models/<path:model>")
+async def get_model(model: str) -> Response:
+    """One model by variant key (slashes and ``::`` included) or bare model id."""
+    pool = state().pool
+    for variant in pool.installed():
+        if variant.key == model:
+            return json_response(_model_object(variant))
+    try:
+        return json_response(_model_object(pool.resolve(model)))
+    except ModelUnavailableError as exc:
+        raise UnknownModelError(model, exc.message) from None
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@blueprint.post("/chat/completions")
+async def chat_completions() -> Response:
+    req = schemas.decode(await request.get_data(), schemas.ChatCompletionRequest)
+    schemas.check_chat(req)
+    messages = schemas.template_messages(req)
+    tools = schemas.template_tools(req)
+    params = schemas.sampling_params(req, state().settings.models.default_max_tokens)
+    lease = await _acquire(req.model)
+    fmt = ChatFormat(lease.key, logprobs=params.logprobs)
+    return await _answer(
+        lease, lambda: lease.encode_chat(messages, tools=tools), "messages", params, fmt,
+        Assembler(parse_tools=tools is not None), stream=bool(req.stream), include_usage=req.include_usage,
+    )
+
+
+@blueprint.post("/completions")
+async def completions() -> Response:
+    req = schemas.decode(await request.get_data(), schemas.CompletionRequest)
+    prompt = schemas.check_completion(req)
+    params = schemas.sampling_params(req, COMPLETIONS_DEFAULT_MAX_TOKENS)
+    lease = await _acquire(req.model)
+    fmt = CompletionFormat(lease.key, logprobs=params.logprobs, echo=prompt if req.echo else None)
+
+    async def encode() -> list[int]:
+        if isinstance(prompt, str):
+            return await lease.encode_text(prompt)
+        vocab = getattr(lease.info, "vocab_size", 0)
+        if vocab and max(prompt) >= vocab:
+            raise invalid_request(f"prompt token ids must be below the vocabulary size {vocab}", param="prompt")
+        return prompt
+
+    return await _answer(lease, encode, "prompt", params, fmt, Assembler(),
+                         stream=bool(req.stream), include_usage=req.include_usage)
+
+
+async def _acquire(name: str | None) -> Lease:
+    """Wait for the model's turn. The lease is also released when the request's task ends, so a
+    response that is abandoned before its body starts (client gone) cannot keep the turn."""
+    lease = await state().pool.acquire(name)
+    task = asyncio.current_task()
+    if task is not None:
+        task.add_done_callback(lambda _: lease.release())
+    return lease
+
+
+async def _answer(
+    lease: Lease,
+    encode: Callable[[], Awaitable[list[int]]],
+    param: str,
+    params: SamplingParams,
+    fmt: AnswerFormat,
+    assembler: Assembler,
+    *,
+    stream: bool,
+    include_usage: bool,
+) -> Response:
+    streaming = False
+    try:
+        prompt_ids = await encode()
+        if not prompt_ids:
+            raise invalid_request(f"The {param} is empty", param=param)
+        too_long = schemas.error_for_context(len(prompt_ids), lease.info.context_length, param)
+        if too_long is not None:
+            raise too_long
+        if stream:
+            streaming = True
+            return sse.event_stream(_events(lease, prompt_ids, params, fmt, assembler, include_usage))
+        texts: list[str] = []
+        tokens: list[TokenChoice] = []
+        async for step in lease.stream(prompt_ids, params):
+            if (piece := assembler.feed(step)) is not None:
+                texts.append(piece.text)
+                tokens += piece.tokens
+        last, calls = assembler.finish()
+        if last is not None:
+            texts.append(last.text)
+            tokens += last.tokens
+        answer = fmt.response("".join(texts), calls, assembler.finish_reason, tokens,
+                              len(prompt_ids), assembler.completion_tokens)
+        return json_response(answer)
+    finally:
+        if not streaming:
+            lease.release()
+
+
+async def _events(
+    lease: Lease,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    fmt: AnswerFormat,
+    assembler: Assembler,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """The SSE body. One piece is held back so that the last content chunk carries ``finish_reason``;
+    an engine error after the headers went out becomes an ``{"error": ...}`` event."""
+
+    def chunk(payload: dict[str, Any]) -> bytes:
+        if include_usage:
+            payload["usage"] = None
+        return sse.event(payload)
+
+    try:
+        for opening in fmt.opening():
+            yield chunk(opening)
+        held: Piece | None = None
+        try:
+            async for step in lease.stream(prompt_ids, params):
+                piece = assembler.feed(step)
+                if piece is None:
+                    continue
+                if held is not None:
+                    yield chunk(fmt.piece(held))
+                held = piece
+            last, calls = assembler.finish()
+        except Exception as exc:
+            yield sse.event(from_exception(exc).payload())
+            return
+        if last is not None:
+            if held is not None and not last.text:
+                held.tokens += last.tokens
+            else:
+                if held is not None:
+                    yield chunk(fmt.piece(held))
+                held = last
+        finish = assembler.finish_reason
+        if calls:
+            if held is not None:
+                yield chunk(fmt.piece(held))
+            for call_chunk in fmt.tool_calls(calls, finish):
+                yield chunk(call_chunk)
+        elif held is not None:
+            yield chunk(fmt.piece(held, finish))
+        else:
+            yield chunk(fmt.finish_only(finish))
+        if include_usage:
+            yield sse.event(fmt.usage_chunk(len(prompt_ids), assembler.completion_tokens))
+        yield sse.DONE
+    finally:
+        lease.release()

@@ -1,0 +1,184 @@
+"""Answer bodies of the OpenAI routes: engine steps in, ``chat.completion(.chunk)`` and
+``text_completion`` objects out, shaped as in ``openai-subset.openapi.json``.
+
+``Assembler`` turns the engine's steps into content pieces (holding back a possible tool call) and
+counts completion tokens exactly: ``usage.completion_tokens`` is the number of tokens the engine
+generated, ``prompt_tokens`` the length of the tokenized prompt.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.engine.types import Step, TokenChoice
+from agent.http.tools import ParsedToolCall, ToolCallParser
+
+
+@dataclass(slots=True)
+class Piece:
+    """Text that can be sent now, with the tokens generated since the previous piece."""
+
+    text: str
+    tokens: list[TokenChoice] = field(default_factory=list)
+
+
+class Assembler:
+    """Collects steps into pieces; knows the finish reason and the completion token count."""
+
+    def __init__(self, *, parse_tools: bool = False) -> None:
+        self._tools = ToolCallParser() if parse_tools else None
+        self._tokens: list[TokenChoice] = []
+        self.completion_tokens = 0
+        self.finish_reason = "stop"
+
+    def feed(self, step: Step) -> Piece | None:
+        self.completion_tokens += len(step.tokens)
+        self._tokens.extend(step.tokens)
+        if step.finish_reason is not None:
+            # "cancelled" only happens when the client is gone; report it as a stop if anyone asks.
+            self.finish_reason = "length" if step.finish_reason == "length" else "stop"
+        text = self._tools.feed(step.text) if self._tools else step.text
+        if not text:
+            return None
+        piece, self._tokens = Piece(text, self._tokens), []
+        return piece
+
+    def finish(self) -> tuple[Piece | None, list[ParsedToolCall]]:
+        """The last piece (held-back text and tokens not yet sent) and any tool calls."""
+        text, calls = self._tools.finish() if self._tools else ("", [])
+        if calls:
+            self.finish_reason = "tool_calls"
+        piece = Piece(text, self._tokens) if text or self._tokens else None
+        self._tokens = []
+        return piece, calls
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def chat_logprobs(tokens: list[TokenChoice]) -> dict[str, Any]:
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": t.bytes,
+                "top_logprobs": [{"token": a.token, "logprob": a.logprob, "bytes": a.bytes} for a in t.top],
+            }
+            for t in tokens
+        ],
+        "refusal": None,
+    }
+
+
+class ChatFormat:
+    """Builds ``chat.completion`` answers and ``chat.completion.chunk`` events for one request."""
+
+    def __init__(self, model: str, *, logprobs: bool) -> None:
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.logprobs = logprobs
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None,
+               tokens: list[TokenChoice] | None = None) -> dict[str, Any]:
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": chat_logprobs(tokens or []) if self.logprobs and tokens is not None else None,
+            "finish_reason": finish,
+        }
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [choice]}
+
+    def opening(self) -> list[dict[str, Any]]:
+        return [self._chunk({"role": "assistant", "content": ""})]
+
+    def piece(self, piece: Piece, finish: str | None = None) -> dict[str, Any]:
+        return self._chunk({"content": piece.text}, finish, piece.tokens)
+
+    def finish_only(self, finish: str) -> dict[str, Any]:
+        return self._chunk({}, finish)
+
+    def tool_calls(self, calls: list[ParsedToolCall], finish: str) -> list[dict[str, Any]]:
+        return [
+            self._chunk({"tool_calls": [{"index": i, **call.as_openai()}]}, finish if i == len(calls) - 1 else None)
+            for i, call in enumerate(calls)
+        ]
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+
+    def response(self, text: str, calls: list[ParsedToolCall], finish: str, tokens: list[TokenChoice],
+                 prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": text if text or not calls else None,
+                                   "refusal": None}
+        if calls:
+            message["tool_calls"] = [call.as_openai() for call in calls]
+        choice = {"index": 0, "message": message, "finish_reason": finish,
+                  "logprobs": chat_logprobs(tokens) if self.logprobs else None}
+        return {"id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+                "choices": [choice], "usage": usage(prompt_tokens, completion_tokens)}
+
+
+class CompletionFormat:
+    """Builds ``text_completion`` answers and stream events for one request."""
+
+    def __init__(self, model: str, *, logprobs: bool, echo: str | None = None) -> None:
+        self.id = f"cmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.model = model
+        self.logprobs = logprobs
+        self.echo = echo
+        self._offset = len(echo) if echo else 0
+
+    def _logprobs(self, tokens: list[TokenChoice]) -> dict[str, Any]:
+        offsets = []
+        for t in tokens:
+            offsets.append(self._offset)
+            self._offset += len(t.token)
+        return {
+            "tokens": [t.token for t in tokens],
+            "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [{a.token: a.logprob for a in t.top} for t in tokens],
+            "text_offset": offsets,
+        }
+
+    def _chunk(self, text: str, finish: str | None, tokens: list[TokenChoice] | None) -> dict[str, Any]:
+        logprobs = self._logprobs(tokens or []) if self.logprobs and tokens is not None else None
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
+
+    def opening(self) -> list[dict[str, Any]]:
+        return [self._chunk(self.echo, None, None)] if self.echo else []
+
+    def piece(self, piece: Piece, finish: str | None = None) -> dict[str, Any]:
+        return self._chunk(piece.text, finish, piece.tokens)
+
+    def finish_only(self, finish: str) -> dict[str, Any]:
+        return self._chunk("", finish, [] if self.logprobs else None)
+
+    def tool_calls(self, calls: list[ParsedToolCall], finish: str) -> list[dict[str, Any]]:
+        return []  # completions never parse tool calls
+
+    def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [], "usage": usage(prompt_tokens, completion_tokens)}
+
+    def response(self, text: str, calls: list[ParsedToolCall], finish: str, tokens: list[TokenChoice],
+                 prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+        chunk = self._chunk((self.echo or "") + text, finish, tokens)
+        chunk["usage"] = usage(prompt_tokens, completion_tokens)
+        return chunk
+
+
+AnswerFormat = ChatFormat | CompletionFormat

@@ -1,0 +1,35 @@
+"""The model pool: loads models on demand and runs one generation at a time per model.
+
+Import from here: ``ModelPool`` (``model_pool.py``), ``Lease`` (``lease.py``), and the store
+contract, errors and status (``types.py``).
+"""
+
+from agent.pool.lease import Lease
+from agent.pool.model_pool import ModelPool
+from agent.pool.types import (
+    Catalog,
+    LoadTimeoutError,
+    ModelLoadFailedError,
+    ModelUnavailableError,
+    PoolClosedError,
+    PoolError,
+    PoolStatus,
+    QueueFullError,
+    ResolvedVariant,
+    UnknownModelError,
+)
+
+__all__ = [
+    "Catalog",
+    "Lease",
+    "LoadTimeoutError",
+    "ModelLoadFailedError",
+    "ModelPool",
+    "ModelUnavailableError",
+    "PoolClosedError",
+    "PoolError",
+    "PoolStatus",
+    "QueueFullError",
+    "ResolvedVariant",
+    "UnknownModelError",
+]

@@ -1,0 +1,228 @@
+"""The model pool with the real engine on tiny models: loading, turns, queues, unloading, switching."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from agent.engine.types import SamplingParams
+from agent.pool import (
+    LoadTimeoutError,
+    ModelLoadFailedError,
+    PoolClosedError,
+    QueueFullError,
+    UnknownModelError,
+)
+from tests.http.conftest import REPLY_A, REPLY_B, Models
+from tests.http.support import World
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
+
+Worlds = Callable[..., World]
+CHAT = [{"role": "user", "content": "Where?"}]
+
+
+async def reply_of(world: World, name: str | None, params: SamplingParams | None = None) -> tuple[str, str]:
+    async with world.pool.generation(name) as lease:
+        ids = await lease.encode_chat(CHAT)
+        text = "".join([step.text async for step in lease.stream(ids, params or SamplingParams())])
+        return lease.key, text
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_loads_on_demand_once_and_publishes_events(worlds: Worlds, models: Models) -> None:
+    world = worlds()
+    assert world.pool.status().model_state == "unloaded"
+    assert await reply_of(world, None) == (models.a.key, REPLY_A)
+    assert await reply_of(world, models.a.model_id) == (models.a.key, REPLY_A)
+    assert world.loader.loads == ["tiny-a"]
+    assert world.topics() == ["model.loading", "model.ready"]
+    status = world.pool.status()
+    assert (status.active, status.model_state, status.loaded) == (models.a.key, "ready", [models.a.key])
+    assert status.provider == "CPUExecutionProvider"
+
+
+async def test_unknown_model(worlds: Worlds) -> None:
+    world = worlds()
+    with pytest.raises(UnknownModelError):
+        await world.pool.acquire("nobody/nothing")
+    no_active = worlds(active=None)
+    with pytest.raises(UnknownModelError, match="No model is active"):
+        await no_active.pool.acquire(None)
+
+
+async def test_concurrent_requests_share_one_load(worlds: Worlds, models: Models) -> None:
+    world = worlds()
+    world.loader.load_s = 0.3
+    results = await asyncio.gather(*(reply_of(world, None) for _ in range(3)))
+    assert results == [(models.a.key, REPLY_A)] * 3
+    assert world.loader.loads == ["tiny-a"]
+    assert world.topics().count("model.loading") == 1
+
+
+async def test_load_wait_is_bounded_and_the_load_goes_on(worlds: Worlds) -> None:
+    world = worlds(load_wait_s=0.1)
+    world.loader.load_s = 0.5
+    with pytest.raises(LoadTimeoutError) as info:
+        await world.pool.acquire(None)
+    assert info.value.retry_after >= 1
+    assert world.pool.status().model_state == "loading"
+    await until(lambda: world.pool.status().model_state == "ready")
+    world.loader.load_s = 0
+    assert (await reply_of(world, None))[1] == REPLY_A
+    assert world.loader.loads == ["tiny-a"]
+
+
+async def test_load_failure_is_reported_and_retried(worlds: Worlds, models: Models) -> None:
+    world = worlds(active="broken")
+    for _ in range(2):
+        with pytest.raises(ModelLoadFailedError) as info:
+            await world.pool.acquire(None)
+        assert "does not exist" in info.value.message or "tiny-broken" in info.value.message
+    assert world.loader.loads == ["tiny-broken", "tiny-broken"]
+    failed = [e for e in world.events if world.topics()[world.events.index(e)] == "model.failed"]
+    assert len(failed) == 2 and failed[0].code == "load_failed" and failed[0].message  # type: ignore[attr-defined]
+    status = world.pool.status()
+    assert status.model_state == "failed" and status.error and status.loaded == []
+
+
+async def test_lru_unloads_the_least_recently_used_idle_model(worlds: Worlds, models: Models) -> None:
+    world = worlds(max_loaded=1)
+    await reply_of(world, None)
+    assert await reply_of(world, models.b.key) == (models.b.key, REPLY_B)
+    assert world.pool.status().loaded == [models.b.key]
+    unloaded = [e for e in world.events if type(e).__name__ == "ModelUnloaded"]
+    assert [(e.key, e.reason) for e in unloaded] == [(models.a.key, "lru")]  # type: ignore[attr-defined]
+    await until(lambda: world.loader.closed == ["tiny-a"])
+    # The active model comes back on demand.
+    assert await reply_of(world, None) == (models.a.key, REPLY_A)
+    assert world.pool.status().loaded == [models.a.key]
+
+
+async def test_keep_alive_unloads_idle_non_active_models_only(worlds: Worlds, models: Models) -> None:
+    world = worlds(keep_alive_s=0.1, max_loaded=3)
+    await reply_of(world, None)
+    await reply_of(world, models.b.key)
+    assert set(world.pool.status().loaded) == {models.a.key, models.b.key}
+    await until(lambda: world.pool.status().loaded == [models.a.key])
+    unloaded = [(e.key, e.reason) for e in world.events if type(e).__name__ == "ModelUnloaded"]  # type: ignore[attr-defined]
+    assert unloaded == [(models.b.key, "idle")]
+    await asyncio.sleep(0.3)
+    assert world.pool.status().loaded == [models.a.key]
+
+
+async def test_one_generation_at_a_time_fifo_and_a_bounded_queue(worlds: Worlds) -> None:
+    world = worlds(queue_size=2)
+    first = await world.pool.acquire(None)
+    order: list[int] = []
+
+    async def waiter(n: int) -> None:
+        async with world.pool.generation(None):
+            order.append(n)
+
+    tasks = [asyncio.create_task(waiter(n)) for n in range(2)]
+    await until(lambda: world.pool.status().queue_depth == 2)
+    with pytest.raises(QueueFullError) as info:
+        await world.pool.acquire(None)
+    assert info.value.retry_after >= 1
+    assert order == []
+    first.release()
+    await asyncio.gather(*tasks)
+    assert order == [0, 1]
+    assert world.pool.status().queue_depth == 0 and world.pool.status().running == 0
+
+
+async def test_a_cancelled_waiter_leaves_the_queue(worlds: Worlds) -> None:
+    world = worlds(queue_size=1)
+    first = await world.pool.acquire(None)
+    waiting = asyncio.create_task(world.pool.acquire(None))
+    await until(lambda: world.pool.status().queue_depth == 1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert world.pool.status().queue_depth == 0
+    first.release()
+    assert (await reply_of(world, None))[1] == REPLY_A
+
+
+async def test_cancelling_a_stream_stops_the_thread_and_frees_the_turn(worlds: Worlds) -> None:
+    world = worlds(active="rand")
+    world.loader.step_s = 0.05
+    seen = 0
+
+    async def consume() -> None:
+        nonlocal seen
+        async with world.pool.generation(None) as lease:
+            ids = await lease.encode_text("Hello")
+            async for _ in lease.stream(ids, SamplingParams(max_tokens=200)):
+                seen += 1
+
+    task = asyncio.create_task(consume())
+    await until(lambda: seen >= 3)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    started = asyncio.get_running_loop().time()
+    world.loader.step_s = 0
+    async with world.pool.generation(None) as lease:
+        assert asyncio.get_running_loop().time() - started < 1.0
+        assert world.loader.finished == ["tiny-rand"]  # the first thread has stopped
+        ids = await lease.encode_text("Hello")
+        steps = [s async for s in lease.stream(ids, SamplingParams(max_tokens=5))]
+    assert sum(len(s.tokens) for s in steps) == 5 and steps[-1].finish_reason == "length"
+
+
+async def test_activate_during_traffic_loses_no_request(worlds: Worlds, models: Models) -> None:
+    world = worlds(max_loaded=1)
+    world.loader.step_s = 0.02
+    await reply_of(world, None)
+    before = [asyncio.create_task(reply_of(world, None)) for _ in range(3)]
+    await until(lambda: world.pool.status().running == 1)
+    activated = await world.pool.activate(models.b.key, job_id="job-1")
+    after = [asyncio.create_task(reply_of(world, None)) for _ in range(2)]
+    results = await asyncio.gather(*before, *after)
+    assert results[:3] == [(models.a.key, REPLY_A)] * 3
+    assert results[3:] == [(models.b.key, REPLY_B)] * 2
+    assert activated.key == models.b.key and world.catalog.active == models.b.key
+    assert world.pool.active == models.b.key
+    b_events = [(topic, getattr(e, "job_id", "")) for topic, e in zip(world.topics(), world.events)
+                if getattr(e, "key", None) == models.b.key]
+    assert b_events[:2] == [("model.loading", "job-1"), ("model.ready", "job-1")]
+    await until(lambda: world.pool.status().loaded == [models.b.key])
+    assert ("model.unloaded", models.a.key) in [(t, getattr(e, "key", "")) for t, e in zip(world.topics(), world.events)]
+
+
+async def test_activate_failure_keeps_the_previous_model(worlds: Worlds, models: Models) -> None:
+    world = worlds()
+    await reply_of(world, None)
+    with pytest.raises(ModelLoadFailedError):
+        await world.pool.activate(models.broken.key, job_id="j")
+    assert world.pool.active == models.a.key and world.catalog.active == models.a.key
+    assert (await reply_of(world, None))[0] == models.a.key
+
+
+async def test_close_stops_generations_and_refuses_waiters(worlds: Worlds) -> None:
+    world = worlds(active="rand")
+    world.loader.step_s = 0.05
+    lease = await world.pool.acquire(None)
+    ids = await lease.encode_text("Hello")
+    stream = lease.stream(ids, SamplingParams(max_tokens=200))
+    await anext(stream)
+    waiting = asyncio.create_task(world.pool.acquire(None))
+    await until(lambda: world.pool.status().queue_depth == 1)
+    await world.pool.close()
+    with pytest.raises(PoolClosedError):
+        await waiting
+    assert world.loader.finished == ["tiny-rand"] and world.loader.closed == ["tiny-rand"]
+    await stream.aclose()
+    lease.release()
+    with pytest.raises(PoolClosedError):
+        await world.pool.acquire(None)
