@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,7 +71,7 @@ def run_decode(
     vocab_limit: int,
     cancel: threading.Event,
     stats: DecodeStats,
-) -> Iterator[Step]:
+) -> Generator[Step, None, None]:
     """Generate up to ``max_new_tokens`` (≥ 1) tokens after ``prompt_ids`` (already validated)."""
 
     detok = IncrementalDetokenizer(tokenizer.decode, prompt_ids)

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
-
-from agent.hardware import resolve_device
-from agent.variants import InvalidNameError, normalize_device
 
 from agent.engine.chat_template import CHATML_TEMPLATE, ChatTemplate, read_template_sources
 from agent.engine.contract import GraphContract, discover_contract
@@ -34,6 +31,8 @@ from agent.engine.types import (
     SamplingParams,
     Step,
 )
+from agent.hardware import resolve_device
+from agent.variants import InvalidNameError, normalize_device
 
 
 class OnnxChatModel:
@@ -99,9 +98,12 @@ class OnnxChatModel:
 
     # -- generation ---------------------------------------------------------------------------
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
+    def generate(
+        self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event
+    ) -> Generator[Step, None, None]:
         """See ``LoadedModel.generate`` and ``agent.engine.decode``. Validation happens here, at
-        call time: ``ContextLengthExceeded`` / ``InvalidRequestError`` are raised before any work."""
+        call time: ``ContextLengthExceeded`` / ``InvalidRequestError`` are raised before any work.
+        The result is a generator: ``close()`` it to abandon a generation early."""
         runner = self._runner
         if runner is None:
             raise InvalidRequestError("the model has been closed")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,8 +28,8 @@ TOOLS_TEMPLATE = (
 )
 
 
-def render(source: str, messages: list[dict[str, object]], **kw: object) -> str:
-    return ChatTemplate({"default": source}, VARS).render(messages, **kw)  # type: ignore[arg-type]
+def render(source: str, messages: list[dict[str, Any]], **kw: Any) -> str:
+    return ChatTemplate({"default": source}, VARS).render(messages, **kw)
 
 
 def test_tiny_model_renders_system_user_assistant(tiny_model: OnnxChatModel) -> None:
@@ -119,7 +120,7 @@ def test_tojson_accepts_hf_arguments() -> None:
 
 def test_tools_and_tool_call_arguments_are_objects() -> None:
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "content": None, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
@@ -128,7 +129,7 @@ def test_tools_and_tool_call_arguments_are_objects() -> None:
     out = render(TOOLS_TEMPLATE, messages, tools=tools)
     assert out.startswith("TOOLS:" + json.dumps(tools, ensure_ascii=False))
     assert 'call get_weather({"city": "Paris"})' in out
-    assert messages[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Paris"}'  # type: ignore[index]
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == '{"city": "Paris"}'  # caller's dict unchanged
     # No tools: tools is None. (trim_blocks eats the newline after a block tag, as in HF.)
     assert render(TOOLS_TEMPLATE, [{"role": "user", "content": "x"}]) == "user: x"
 
