@@ -22,9 +22,12 @@ What callers may rely on:
 - ``shutdown`` stops all jobs without events and leaves their entries ``downloading``;
   ``resume_interrupted`` (at the next start) continues them at the same commit.
 
-huggingface_hub 0.36's ``hf_hub_download`` takes no ``tqdm_class``; per-chunk byte counts come from a
-thread-local hook on its progress-bar factory. Downloads go over plain HTTP (xet and hf_transfer
-are switched off in this process) because only that path resumes partial files.
+huggingface_hub 0.36's ``hf_hub_download`` takes no ``tqdm_class``: per-chunk byte counts come from
+a thread-local hook on its progress-bar factory (``agent.download_job``). Downloads go over plain
+HTTP (xet and hf_transfer are switched off in this process) because only that path resumes partial
+files. huggingface_hub itself retries each request 5 times on 5xx/connection errors (1-8 s apart);
+the job-level retries above come on top and also cover what it does not retry (a connection dropped
+mid-file, 429).
 """
 
 from __future__ import annotations
@@ -33,23 +36,30 @@ import errno
 import hashlib
 import logging
 import os
-import secrets
 import shutil
 import sys
 import threading
 import time
-from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-import huggingface_hub.constants as hf_constants
 import msgspec
-from huggingface_hub import file_download, hf_hub_download
+from huggingface_hub import hf_hub_download
 from huggingface_hub.file_download import repo_folder_name
 
 from agent import hub
-from agent.errors import AgentError, BadRequestError, DiskFullError, GatedRepoError, IntegrityError, NotFoundError
-from agent.errors import InternalError, NetworkError
+from agent.download_job import DownloadJob, StopJob, bind, install_hook
+from agent.errors import (
+    AgentError,
+    BadRequestError,
+    DiskFullError,
+    GatedRepoError,
+    IntegrityError,
+    InternalError,
+    NetworkError,
+    NotFoundError,
+)
 from agent.hub import RemoteFile
 from agent.paths import Paths
 from agent.settings import Settings
@@ -60,7 +70,6 @@ from ipc.messages import (
     DownloadFailed,
     DownloadFinished,
     DownloadInfo,
-    DownloadProgress,
     DownloadStarted,
     Event,
     ModelsChanged,
@@ -70,169 +79,8 @@ log = logging.getLogger("hflocal.downloads")
 
 DEFAULT_DISK_MARGIN = 256 * 1024 * 1024
 """Free space kept beyond what a download still needs (the OS and other programs need some too)."""
-PROGRESS_INTERVAL_S = 0.2
-CHUNK_BYTES = 256 * 1024
-"""Read size per chunk: how often progress is counted and a cancel is noticed."""
-_RATE_WINDOW_S = 5.0
 
 
-class _Stop(Exception):
-    """Raised inside the download thread (from the progress hook) to stop a cancelled job."""
-
-
-# --------------------------------------------------------------------------- progress hook
-
-_local = threading.local()
-_hook_lock = threading.Lock()
-_original_bar: Callable[..., Any] | None = None
-
-
-def _install_hook() -> None:
-    """Route huggingface_hub's per-file progress bars to the job running on the current thread."""
-    global _original_bar
-    with _hook_lock:
-        hf_constants.HF_HUB_DISABLE_XET = True
-        hf_constants.HF_HUB_ENABLE_HF_TRANSFER = False
-        hf_constants.DOWNLOAD_CHUNK_SIZE = min(hf_constants.DOWNLOAD_CHUNK_SIZE, CHUNK_BYTES)
-        if _original_bar is not None:
-            return
-        _original_bar = file_download._get_progress_bar_context
-
-        def hooked(*, _tqdm_bar: Any = None, **kwargs: Any) -> Any:
-            job = getattr(_local, "job", None)
-            if job is None or _tqdm_bar is not None:
-                assert _original_bar is not None
-                return _original_bar(_tqdm_bar=_tqdm_bar, **kwargs)
-            return job.open_bar(int(kwargs.get("initial") or 0))
-
-        file_download._get_progress_bar_context = hooked
-
-
-class _Bar:
-    """The tqdm stand-in huggingface_hub writes to: counts bytes into the job, stops it if cancelled."""
-
-    def __init__(self, job: DownloadJob) -> None:
-        self.job = job
-
-    def __enter__(self) -> _Bar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, n: float | None = 1) -> None:
-        self.job.add_bytes(int(n or 0))
-
-    def close(self) -> None:
-        return None
-
-
-# --------------------------------------------------------------------------- one job
-
-
-class DownloadJob:
-    """One variant being downloaded. Read ``state``, ``done_bytes``, ``info()``; ``wait()`` for the end.
-
-    ``state``: ``running`` → ``finished`` | ``failed`` | ``cancelled`` | ``stopped`` (shutdown).
-    ``error`` holds the ``AgentError`` of a failed job.
-    """
-
-    def __init__(self, owner: Downloads, key: VariantKey, revision: str) -> None:
-        self.job_id = "dl-" + secrets.token_hex(4)
-        self.key = str(key)
-        self.model_id, self.quantization, self.device = key.model_id, key.quantization, key.device
-        self.revision = revision
-        self.commit = ""
-        self.files: list[RemoteFile] = []
-        self.total_bytes = 0
-        self.resumed_bytes = 0
-        self.fetched_bytes = 0
-        self.current_file = ""
-        self.state = "running"
-        self.error: AgentError | None = None
-        self.started = time.monotonic()
-        self._owner = owner
-        self._done: dict[str, int] = {}
-        self._cancel = threading.Event()
-        self._stop_reason = ""
-        self._ended = threading.Event()
-        self._lock = threading.Lock()
-        self._last_publish = 0.0
-        self._samples: deque[tuple[float, int]] = deque()
-        self.thread: threading.Thread | None = None
-        self.joined = False
-
-    # ---- reading ----
-
-    @property
-    def done_bytes(self) -> int:
-        with self._lock:
-            return sum(self._done.values())
-
-    def rate_and_eta(self) -> tuple[float, float | None]:
-        with self._lock:
-            now = time.monotonic()
-            samples = [s for s in self._samples if now - s[0] <= _RATE_WINDOW_S]
-            rate = 0.0
-            if samples and now - samples[0][0] > 0.05:
-                rate = (self.fetched_bytes - samples[0][1]) / (now - samples[0][0])
-        left = max(self.total_bytes - self.done_bytes, 0)
-        return rate, (left / rate if rate > 0 else (0.0 if left == 0 else None))
-
-    def info(self) -> DownloadInfo:
-        rate, eta = self.rate_and_eta()
-        return DownloadInfo(
-            job_id=self.job_id, key=self.key, model_id=self.model_id, quantization=self.quantization,
-            done_bytes=self.done_bytes, total_bytes=self.total_bytes, rate_bps=rate, eta_s=eta,
-            current_file=self.current_file, state=self.state,
-        )
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the job ended; False if ``timeout`` passed first."""
-        return self._ended.wait(timeout)
-
-    @property
-    def ended(self) -> bool:
-        return self._ended.is_set()
-
-    # ---- called from the download thread ----
-
-    def open_bar(self, initial: int) -> _Bar:
-        if self._cancel.is_set():
-            raise _Stop()
-        with self._lock:
-            self._done[self.current_file] = initial
-        return _Bar(self)
-
-    def add_bytes(self, n: int) -> None:
-        if self._cancel.is_set():
-            raise _Stop()
-        now = time.monotonic()
-        with self._lock:
-            self._done[self.current_file] = self._done.get(self.current_file, 0) + n
-            self.fetched_bytes += n
-            self._samples.append((now, self.fetched_bytes))
-            while self._samples and now - self._samples[0][0] > _RATE_WINDOW_S:
-                self._samples.popleft()
-            due = now - self._last_publish >= PROGRESS_INTERVAL_S
-            if due:
-                self._last_publish = now
-        if due:
-            self.publish_progress()
-
-    def publish_progress(self) -> None:
-        rate, eta = self.rate_and_eta()
-        self._owner.emit(DownloadProgress(
-            job_id=self.job_id, key=self.key, done_bytes=self.done_bytes, total_bytes=self.total_bytes,
-            rate_bps=rate, eta_s=eta, current_file=self.current_file,
-        ))
-
-    def set_file_done(self, path: str, size: int) -> None:
-        with self._lock:
-            self._done[path] = size
-
-
-# --------------------------------------------------------------------------- the job registry
 
 
 class Downloads:
@@ -249,7 +97,7 @@ class Downloads:
         disk_margin_bytes: int = DEFAULT_DISK_MARGIN,
         backoff_s: float = 1.0,
     ) -> None:
-        _install_hook()
+        install_hook()
         self.store, self.paths, self.settings = store, paths, settings
         self._publish = publish
         self.session = session
@@ -293,15 +141,14 @@ class Downloads:
             if running is not None:
                 running.joined = True
                 return running, True
-            job = DownloadJob(self, key, revision)
+            job = DownloadJob(key, revision, self.emit)
             self._jobs[job.key] = job
         try:
             created = self._prepare(job)
         except BaseException:
             with self._lock:
                 self._jobs.pop(job.key, None)
-            job.state = "failed"
-            job._ended.set()
+            job.mark_ended("failed")
             if job.joined:  # someone else was told to wait for this job: tell them it failed
                 err = sys.exc_info()[1]
                 code = err.code if isinstance(err, AgentError) else "internal"
@@ -359,28 +206,28 @@ class Downloads:
     # ---- the thread ----
 
     def _run(self, job: DownloadJob) -> None:
-        _local.job = job
+        bind(job)
         try:
             self.emit(DownloadStarted(
                 job_id=job.job_id, key=job.key, model_id=job.model_id, quantization=job.quantization,
                 total_bytes=job.total_bytes, files=[f.path for f in job.files], resumed_bytes=job.resumed_bytes,
             ))
             self._fetch_all(job)
-        except _Stop:
+        except StopJob:
             self._end_stopped(job)
-        except BaseException as exc:  # every failure becomes an event, never a dead silent thread
-            if job._cancel.is_set():
+        except BaseException as exc:
+            if job.stop_requested:
                 self._end_stopped(job)
             else:
                 self._end_failed(job, exc if isinstance(exc, AgentError) else _as_agent_error(exc, job, self.paths.cache))
         else:
             self._end_finished(job)
         finally:
-            _local.job = None
+            bind(None)
             with self._lock:
                 if self._jobs.get(job.key) is job:
                     del self._jobs[job.key]
-            job._ended.set()
+            job.mark_ended(job.state)
 
     def _fetch_all(self, job: DownloadJob) -> None:
         attempt = 0
@@ -391,7 +238,7 @@ class Downloads:
                     job.current_file = f.path
                     self._fetch(job, f)
                 return
-            except (_Stop, AgentError):
+            except (StopJob, AgentError):
                 raise
             except Exception as exc:
                 if _is_enospc(exc) or not hub.is_transient(exc):
@@ -403,8 +250,7 @@ class Downloads:
                 delay = min(self.backoff_s * (2**attempt), 30.0)
                 attempt += 1
                 log.info("download %s: %s; retry %d in %.1fs", job.key, exc, attempt, delay)
-                if job._cancel.wait(delay):
-                    raise _Stop() from None
+                job.sleep_unless_stopped(delay)
 
     def _fetch(self, job: DownloadJob, f: RemoteFile) -> None:
         pointer = hf_hub_download(
@@ -431,11 +277,11 @@ class Downloads:
         old = self.store.get(job.key)
         snapshot = self._snapshot(job)
         unchanged = old is not None and old.status == "ready" and old.commit == job.commit and not job.fetched_bytes
-        fields = dict(
-            files=[f.path for f in job.files], size=job.total_bytes, commit=job.commit,
-            downloaded_at=old.downloaded_at if unchanged and old is not None else utc_now(),
-            status="ready", error=None, path=str(snapshot),
-        )
+        fields: dict[str, Any] = {
+            "files": [f.path for f in job.files], "size": job.total_bytes, "commit": job.commit,
+            "downloaded_at": old.downloaded_at if unchanged and old is not None else utc_now(),
+            "status": "ready", "error": None, "path": str(snapshot),
+        }
         if old is None:
             self.store.put(new_entry(job.model_id, job.quantization, job.device, revision=job.revision, **fields))
         else:
@@ -456,13 +302,13 @@ class Downloads:
             entry = self.store.get(job.key)
             if entry is not None and entry.status != "ready":
                 self.store.update(job.key, status="error", error=str(error))
-        except Exception:  # e.g. the manifest's disk is full too: the old manifest stays intact
+        except Exception:
             log.exception("recording the failure of %s", job.key)
         self.emit(DownloadFailed(job_id=job.job_id, key=job.key, code=error.code, message=str(error)))
         self._models_changed()
 
     def _end_stopped(self, job: DownloadJob) -> None:
-        if job._stop_reason == "shutdown":
+        if job.stop_reason == "shutdown":
             job.state = "stopped"  # the entry stays "downloading": resumed at the next start
             return
         job.state = "cancelled"
@@ -501,8 +347,7 @@ class Downloads:
         """Stop a running job (by id or key) and wait up to ``wait_s`` for it to end; see the module
         docstring for what happens to its entry and files. ``NotFoundError`` if no such job runs."""
         job = self.find(job_id, key)
-        job._stop_reason = job._stop_reason or "cancel"
-        job._cancel.set()
+        job.request_stop("cancel")
         job.wait(wait_s)
         return job
 
@@ -524,8 +369,7 @@ class Downloads:
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:
-            job._stop_reason = "shutdown"
-            job._cancel.set()
+            job.request_stop("shutdown")
         deadline = time.monotonic() + wait_s
         for job in jobs:
             job.wait(max(deadline - time.monotonic(), 0.0))
@@ -558,8 +402,8 @@ def _sha256(path: Path, job: DownloadJob) -> str:
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 20):
             digest.update(chunk)
-            if job._cancel.is_set():
-                raise _Stop()
+            if job.stop_requested:
+                raise StopJob()
     return digest.hexdigest()
 
 

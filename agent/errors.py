@@ -159,7 +159,7 @@ class InternalError(AgentError, RuntimeError):
     code = "internal"
 
 
-def format_bytes(n: int | float) -> str:
+def format_bytes(n: float) -> str:
     """``1536`` → ``"1.5 KiB"``; used in user messages."""
     value = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):

@@ -14,20 +14,22 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Collection, Iterable, TypeVar
+from typing import Any, TypeVar
 
 import requests
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import (
     EntryNotFoundError,
-    GatedRepoError as HfGatedRepoError,
-    HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
+)
+from huggingface_hub.errors import (
+    GatedRepoError as HfGatedRepoError,
 )
 
 from agent.errors import (
@@ -258,7 +260,7 @@ def curated_models() -> list[ModelSummary]:
     def one(model_id: str) -> ModelSummary:
         try:
             return _summary(client.model_info(model_id, timeout=_CURATED_TIMEOUT_S), curated=True)
-        except Exception:  # offline is normal here: the list must appear anyway
+        except Exception:  # noqa: BLE001 - offline is normal here: the list must appear anyway
             return ModelSummary(id=model_id, curated=True)
 
     with ThreadPoolExecutor(max_workers=len(CURATED), thread_name_prefix="hub-curated") as pool:
@@ -295,7 +297,7 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, LocalEntryNotFoundError):
         return exc.__cause__ is None or is_transient(exc.__cause__)
-    if isinstance(exc, HfHubHTTPError):
+    if isinstance(exc, requests.HTTPError):  # HfHubHTTPError, or raise_for_status after the client's retries
         status = exc.response.status_code if exc.response is not None else None
         return status is None or status >= 500 or status == 429
     if isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)):
@@ -330,7 +332,7 @@ def map_error(exc: BaseException, model_id: str = "", revision: str | None = Non
         return NetworkError(where)
     if isinstance(exc, EntryNotFoundError):
         return HubError(f"a file of {model_id} is missing on the Hub: {_first_line(exc)}")
-    if isinstance(exc, HfHubHTTPError):
+    if isinstance(exc, requests.HTTPError):
         status = exc.response.status_code if exc.response is not None else "?"
         if status == 401:
             return HubError(f"the Hub refused the token for {model_id} (401): check HF_TOKEN")

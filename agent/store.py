@@ -20,19 +20,18 @@ What callers may rely on:
 
 from __future__ import annotations
 
+import builtins
 import os
-import shutil
-import stat
 import tempfile
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
 
+from agent.cache_files import remove_files, scan_variants
 from agent.errors import NotFoundError
-from agent.hub import offered_quantizations, select_files
 from agent.paths import Paths
 from agent.variants import QUANTIZATIONS, InvalidNameError, VariantKey, looks_like_key, validate_model_id
 from ipc.messages import InstalledModel
@@ -44,7 +43,7 @@ Source = Literal["hub", "import"]
 
 def utc_now() -> str:
     """ISO 8601 UTC, second precision, e.g. ``2025-01-31T12:00:00Z``."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class VariantEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -151,12 +150,12 @@ class Store:
         with self._lock:
             return [self._variants[k] for k in sorted(self._variants)]
 
-    def installed(self) -> list[InstalledModel]:
+    def installed(self) -> builtins.list[InstalledModel]:
         """All entries as the protocol's ``InstalledModel``, ``active`` set on the active one."""
         with self._lock:
             return [e.to_installed(self._active) for e in self.list()]
 
-    def interrupted(self) -> list[VariantEntry]:
+    def interrupted(self) -> builtins.list[VariantEntry]:
         """Entries left ``downloading`` (by a killed or stopped worker), to be resumed."""
         return [e for e in self.list() if e.status == "downloading"]
 
@@ -228,7 +227,7 @@ class Store:
         with self._lock:
             entry = self.require(key)
             others = [e for k, e in self._variants.items() if k != key]
-            freed = _FileRemover(self.paths, others).remove(entry)
+            freed = remove_files(self.paths, entry, others)
             del self._variants[key]
             if self._active == key:
                 self._active = None
@@ -239,7 +238,7 @@ class Store:
         """Delete the files of a superseded version of an entry (e.g. the previous commit after an
         update) that no current entry uses; the entry itself is not touched. Returns bytes freed."""
         with self._lock:
-            return _FileRemover(self.paths, list(self._variants.values())).remove(old)
+            return remove_files(self.paths, old, list(self._variants.values()))
 
     # ---- opening, reconciling, rebuilding -------------------------------------------------------
 
@@ -274,7 +273,7 @@ class Store:
         self._save()
 
     def _move_aside(self, manifest: Path) -> Path:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         aside = manifest.with_name(f"manifest.corrupt-{stamp}.json")
         n = 1
         while aside.exists():
@@ -300,7 +299,7 @@ class Store:
         if self._active is not None and self._active not in self._variants:
             self._active = None
 
-    def _inside_roots(self, folder: Path, files: list[str]) -> bool:
+    def _inside_roots(self, folder: Path, files: builtins.list[str]) -> bool:
         roots = [self.paths.cache.resolve(), self.paths.imported.resolve()]
         try:
             base = folder.resolve()
@@ -313,7 +312,10 @@ class Store:
     def _rebuild(self) -> None:
         """Entries for everything runnable in the cache and the imported folder (status ready)."""
         found: dict[str, VariantEntry] = {}
-        for entry in [*_scan_hub_cache(self.paths.cache), *_scan_imported(self.paths.imported)]:
+        for v in scan_variants(self.paths.cache, self.paths.imported):
+            entry = new_entry(v.model_id, v.quantization, "auto", path=str(v.folder), files=v.files, size=v.size,
+                              status="ready", downloaded_at=v.downloaded_at, commit=v.commit, revision=v.revision,
+                              source=v.source)
             old = found.get(entry.key)
             if old is None or (entry.downloaded_at or "") > (old.downloaded_at or ""):
                 found[entry.key] = entry
@@ -358,151 +360,3 @@ def _validate_entry(key: str, entry: VariantEntry) -> None:
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())[:200]
-
-
-def _mtime_iso(paths: list[Path]) -> str | None:
-    times = [p.stat().st_mtime for p in paths if p.exists()]
-    if not times:
-        return None
-    return datetime.fromtimestamp(max(times), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _variants_in(model_id: str, folder: Path, names: list[str], **fields: Any) -> list[VariantEntry]:
-    entries = []
-    for quant in offered_quantizations(names):
-        files = select_files(names, quant)
-        paths = [folder / f for f in files]
-        size = sum(p.stat().st_size for p in paths if p.exists())
-        entries.append(
-            new_entry(model_id, quant, "auto", path=str(folder), files=files, size=size, status="ready",
-                      downloaded_at=_mtime_iso(paths), **fields)
-        )
-    return entries
-
-
-def _scan_hub_cache(cache: Path) -> list[VariantEntry]:
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    try:
-        info = scan_cache_dir(cache)
-    except (CacheNotFound, OSError, ValueError):
-        return []
-    entries: list[VariantEntry] = []
-    for repo in info.repos:
-        try:
-            model_id = validate_model_id(repo.repo_id)
-        except InvalidNameError:
-            continue
-        if repo.repo_type != "model":
-            continue
-        for rev in repo.revisions:
-            names = [f.file_path.relative_to(rev.snapshot_path).as_posix() for f in rev.files]
-            ref = sorted(rev.refs)[0] if rev.refs else rev.commit_hash
-            entries += _variants_in(model_id, rev.snapshot_path, names, commit=rev.commit_hash, revision=ref)
-    return entries
-
-
-def _scan_imported(root: Path) -> list[VariantEntry]:
-    entries: list[VariantEntry] = []
-    if not root.is_dir():
-        return entries
-    for folder in sorted(p for p in root.glob("*/*") if p.is_dir()):
-        try:
-            model_id = validate_model_id(f"{folder.parent.name}/{folder.name}")
-        except InvalidNameError:
-            continue
-        names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
-        entries += _variants_in(model_id, folder, names, commit=None, source="import", revision="")
-    return entries
-
-
-class _FileRemover:
-    """Deletes one entry's files while keeping everything ``others`` still reference."""
-
-    def __init__(self, paths: Paths, others: list[VariantEntry]) -> None:
-        self.paths = paths
-        self.others = others
-        self.kept_links = {str(p) for e in others for p in e.file_paths()}
-        self.kept_targets = {os.path.realpath(p) for e in others for p in e.file_paths()}
-        self.freed = 0
-        self._seen: set[tuple[int, int]] = set()
-
-    def _unlink(self, path: Path, count: bool = True) -> None:
-        try:
-            st = path.lstat()
-            path.unlink()
-        except FileNotFoundError:
-            return
-        if count and not stat.S_ISLNK(st.st_mode) and (st.st_dev, st.st_ino) not in self._seen and st.st_nlink <= 1:
-            self._seen.add((st.st_dev, st.st_ino))
-            self.freed += st.st_size
-
-    def remove(self, entry: VariantEntry) -> int:
-        if not entry.path:
-            return 0
-        folder = entry.folder()
-        cache, imported = self.paths.cache.resolve(), self.paths.imported.resolve()
-        if entry.source == "hub" and folder.is_relative_to(cache) and folder.parent.name == "snapshots":
-            self._remove_hub(entry, folder, folder.parent.parent)
-        elif folder.is_relative_to(imported) and folder != imported:
-            self._remove_files(entry, folder, within=folder)
-            if not any(e.folder() == folder for e in self.others):  # hflocal made it: all of it goes
-                self._remove_tree(folder)
-            _prune_empty(folder, stop=imported)
-        return self.freed
-
-    def _remove_files(self, entry: VariantEntry, folder: Path, within: Path) -> None:
-        for rel in entry.files:
-            link = Path(os.path.normpath(folder / rel))
-            if not link.is_relative_to(folder) or str(link) in self.kept_links:
-                continue
-            target = Path(os.path.realpath(link))
-            if link.is_symlink():
-                link.unlink(missing_ok=True)
-                if target.is_relative_to(within) and str(target) not in self.kept_targets:
-                    if not _still_linked(within / "snapshots", target):
-                        self._unlink(target)
-            else:
-                self._unlink(link)
-            _prune_empty(link.parent, stop=folder)
-
-    def _remove_hub(self, entry: VariantEntry, snapshot: Path, repo_dir: Path) -> None:
-        if not repo_dir.name.startswith("models--") or repo_dir.parent != self.paths.cache.resolve():
-            return
-        self._remove_files(entry, snapshot, within=repo_dir)
-        same_repo = [e for e in self.others if e.model_id == entry.model_id and e.source == "hub"]
-        if not any(e.status != "ready" for e in same_repo):
-            for partial in (repo_dir / "blobs").glob("*.incomplete"):
-                self._unlink(partial)
-        _prune_empty(snapshot, stop=repo_dir / "snapshots")
-        snapshots = repo_dir / "snapshots"
-        if not same_repo and (not snapshots.exists() or not any(snapshots.iterdir())):
-            self._remove_tree(repo_dir)
-            shutil.rmtree(self.paths.cache / ".locks" / repo_dir.name, ignore_errors=True)
-
-    def _remove_tree(self, folder: Path) -> None:
-        for leftover in folder.rglob("*"):
-            if leftover.is_file() and not leftover.is_symlink():
-                self._unlink(leftover)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _still_linked(snapshots: Path, target: Path) -> bool:
-    """True if any symlink under ``snapshots`` still resolves to ``target``."""
-    if not snapshots.is_dir():
-        return False
-    return any(p.is_symlink() and Path(os.path.realpath(p)) == target for p in snapshots.rglob("*"))
-
-
-def _prune_empty(folder: Path, stop: Path) -> None:
-    """Remove ``folder`` and its parents while they are empty, up to and including ``folder`` but
-    never ``stop`` itself or anything above it."""
-    folder = Path(os.path.normpath(folder))
-    stop = Path(os.path.normpath(stop))
-    while folder != stop and folder.is_relative_to(stop):
-        try:
-            folder.rmdir()
-        except OSError:
-            return
-        folder = folder.parent
