@@ -79,7 +79,7 @@ async def get_model(model: str) -> Response:
 
 @blueprint.post("/chat/completions")
 async def chat_completions() -> Response:
-    req = schemas.decode(await request.get_data(), schemas.ChatCompletionRequest)
+    req = schemas.decode(await request.get_data(as_text=False), schemas.ChatCompletionRequest)
     schemas.check_chat(req)
     messages = schemas.template_messages(req)
     tools = schemas.template_tools(req)
@@ -94,11 +94,11 @@ async def chat_completions() -> Response:
 
 @blueprint.post("/completions")
 async def completions() -> Response:
-    req = schemas.decode(await request.get_data(), schemas.CompletionRequest)
+    req = schemas.decode(await request.get_data(as_text=False), schemas.CompletionRequest)
     prompt = schemas.check_completion(req)
     params = schemas.sampling_params(req, COMPLETIONS_DEFAULT_MAX_TOKENS)
     lease = await _acquire(req.model)
-    fmt = CompletionFormat(lease.key, logprobs=params.logprobs, echo=prompt if req.echo else None)
+    fmt = CompletionFormat(lease.key, logprobs=params.logprobs, echo=prompt if req.echo and isinstance(prompt, str) else None)
 
     async def encode() -> list[int]:
         if isinstance(prompt, str):

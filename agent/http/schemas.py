@@ -116,7 +116,7 @@ class CompletionRequest(_Common, kw_only=True):
 # --------------------------------------------------------------------------- decoding
 
 
-def decode(body: bytes, kind: type[T]) -> T:
+def decode(body: bytes | str, kind: type[T]) -> T:
     """Decode and type-check a JSON body; a malformed or invalid one raises a 400 naming the param."""
     try:
         return msgspec.json.decode(body, type=kind)

@@ -22,4 +22,5 @@ class HttpState:
 
 def state() -> HttpState:
     """The state of the app handling the current request (routes and blueprints may use it)."""
-    return current_app.extensions[EXTENSION]
+    st: HttpState = current_app.extensions[EXTENSION]
+    return st

@@ -10,6 +10,7 @@ the engine's own cancel check.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 import time
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from quart.testing.connections import TestHTTPConnection as StreamConnection
+from quart.typing import TestClientProtocol as Client
 
 from agent.engine.model import load_model
-from agent.engine.types import LoadedModel, ModelInfo, SamplingParams, Step
+from agent.engine.types import LoadedModel, ModelInfo, SamplingParams, Step, TokenChoice
 from agent.http import create_app, serve_http
 from agent.pool import ModelPool, ResolvedVariant, UnknownModelError
 from agent.settings import HttpSettings, ModelSettings, Settings
@@ -81,6 +84,9 @@ class Throttled:
     def generate(self, prompt_ids: list[int], params: SamplingParams, cancel: threading.Event) -> Iterator[Step]:
         self.loader.generations.append(self.info.path.name)
         steps = self.inner.generate(prompt_ids, params, cancel)
+        if self.loader.script is not None:
+            steps.close()  # type: ignore[attr-defined]
+            steps = scripted_steps(self.loader.script)
         try:
             for step in steps:
                 yield step
@@ -95,12 +101,23 @@ class Throttled:
         self.inner.close()
 
 
+def scripted_steps(text: str) -> Iterator[Step]:
+    """Steps spelling ``text`` three characters per token: for output no tiny model can produce
+    (a scripted tiny model cannot repeat a token, and tool calls repeat quotes and braces)."""
+    pieces = [text[i:i + 3] for i in range(0, len(text), 3)]
+    for n, piece in enumerate(pieces):
+        token = TokenChoice(token_id=n, token=piece, logprob=-0.1, bytes=list(piece.encode()))
+        yield Step(piece, [token], "stop" if n == len(pieces) - 1 else None)
+
+
 @dataclass
 class Loader:
     """``load_model`` with a recorded call list, an optional delay, and optional pacing."""
 
     load_s: float = 0.0
     step_s: float = 0.0
+    script: str | None = None
+    """If set, generations emit this text instead of the model's (see ``scripted_steps``)."""
     loads: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
     generations: list[str] = field(default_factory=list)
@@ -199,3 +216,44 @@ class LiveServer:
         assert not self._thread.is_alive(), "the HTTP server did not stop"
         if self._error is not None:
             raise self._error
+
+
+# --------------------------------------------------------------------------- SSE through the test client
+
+
+async def open_stream(client: Client, path: str, payload: Any) -> StreamConnection:
+    conn = client.request(path, method="POST", headers={"Content-Type": "application/json"})
+    await conn.__aenter__()
+    await conn.send(json.dumps(payload).encode())
+    await conn.send_complete()
+    return conn  # type: ignore[return-value]
+
+
+async def close(conn: StreamConnection) -> None:
+    await conn.__aexit__(None, None, None)  # type: ignore[arg-type]
+
+
+async def next_event(conn: StreamConnection) -> Any:
+    """One SSE event per body chunk: the JSON payload, or the string ``[DONE]``."""
+    while True:
+        data = await asyncio.wait_for(conn.receive(), 10)
+        if data:
+            break
+    text = data.decode()
+    assert text.startswith("data: ") and text.endswith("\n\n"), text
+    body = text[len("data: "):-2]
+    return body if body == "[DONE]" else json.loads(body)
+
+
+async def read_stream(client: Client, path: str, payload: Any) -> list[Any]:
+    conn = await open_stream(client, path, payload)
+    events = []
+    while True:
+        event = await next_event(conn)
+        events.append(event)
+        if event == "[DONE]" or "error" in event:
+            break
+    await close(conn)
+    assert conn.status_code == 200
+    assert conn.headers is not None and conn.headers["Content-Type"].startswith("text/event-stream")
+    return events

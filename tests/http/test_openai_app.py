@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from quart import Quart
-from quart.testing.connections import TestHTTPConnection as StreamConnection
 from quart.typing import TestClientProtocol as Client
 
 from agent.engine.types import SamplingParams
 from tests.http.conftest import REPLY_A, REPLY_B, Models
-from tests.http.support import World
+from tests.http.support import World, close, next_event, open_stream, read_stream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
 
@@ -25,40 +23,6 @@ HI = [{"role": "user", "content": "Where?"}]
 async def post(client: Client, path: str, payload: Any) -> tuple[int, dict[str, Any], Any]:
     response = await client.post(path, json=payload)
     return response.status_code, dict(response.headers), await response.get_json()
-
-
-async def open_stream(client: Client, path: str, payload: Any) -> StreamConnection:
-    conn = client.request(path, method="POST", headers={"Content-Type": "application/json"})
-    await conn.__aenter__()  # type: ignore[attr-defined]
-    await conn.send(json.dumps(payload).encode())
-    await conn.send_complete()
-    return conn  # type: ignore[return-value]
-
-
-async def next_event(conn: StreamConnection) -> Any:
-    """One SSE event per body chunk: the JSON payload, or the string ``[DONE]``."""
-    while True:
-        data = await asyncio.wait_for(conn.receive(), 10)
-        if data:
-            break
-    text = data.decode()
-    assert text.startswith("data: ") and text.endswith("\n\n"), text
-    body = text[len("data: "):-2]
-    return body if body == "[DONE]" else json.loads(body)
-
-
-async def read_stream(client: Client, path: str, payload: Any) -> list[Any]:
-    conn = await open_stream(client, path, payload)
-    events = []
-    while True:
-        event = await next_event(conn)
-        events.append(event)
-        if event == "[DONE]" or "error" in event:
-            break
-    await conn.__aexit__(None, None, None)  # type: ignore[attr-defined]
-    assert conn.status_code == 200
-    assert conn.headers is not None and conn.headers["Content-Type"].startswith("text/event-stream")
-    return events
 
 
 def prompt_tokens(models: Models, messages: list[dict[str, str]]) -> int:
@@ -242,7 +206,7 @@ async def test_disconnect_mid_stream_frees_the_model(app_for: AppFor) -> None:
     for _ in range(3):
         await next_event(conn)
     await conn.disconnect()
-    await conn.__aexit__(None, None, None)  # type: ignore[attr-defined]
+    await close(conn)
     world.loader.step_s = 0
     started = asyncio.get_running_loop().time()
     status, _, body = await post(client, "/v1/chat/completions", {"messages": HI, "max_tokens": 2})
@@ -259,7 +223,7 @@ async def test_disconnect_while_queued_leaves_the_queue(app_for: AppFor) -> None
     while world.pool.status().queue_depth == 0:
         await asyncio.sleep(0.01)
     await conn.disconnect()
-    await conn.__aexit__(None, None, None)  # type: ignore[attr-defined]
+    await close(conn)
     assert world.pool.status().queue_depth == 0
     lease.release()
     status, _, _ = await post(client, "/v1/chat/completions", {"messages": HI})

@@ -222,7 +222,7 @@ async def test_close_stops_generations_and_refuses_waiters(worlds: Worlds) -> No
     with pytest.raises(PoolClosedError):
         await waiting
     assert world.loader.finished == ["tiny-rand"] and world.loader.closed == ["tiny-rand"]
-    await stream.aclose()
+    await stream.aclose()  # type: ignore[attr-defined]
     lease.release()
     with pytest.raises(PoolClosedError):
         await world.pool.acquire(None)
