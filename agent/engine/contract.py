@@ -6,7 +6,9 @@ Supported: the optimum / Transformers.js contract of onnx-community repos::
              past_key_values.{i}.key / .value  [b, kv_heads, past, head_dim]   (optional, all or none)
     outputs  logits [b, s, vocab]  present.{i}.key / .value
 
-A graph without past inputs is accepted too (no KV cache: every step re-runs the whole sequence,
+An optional ``logits_to_keep`` (or ``num_logits_to_keep``) int64 input, transformers' convention, is
+fed 1: only the last position's logits are needed, which spares the lm_head work on every prompt
+token during prefill. A graph without past inputs is accepted too (no KV cache: every step re-runs the whole sequence,
 slow but correct). Any other input is refused with a ``ModelLoadError`` that names it, because
 feeding a guess would give silently wrong text.
 """
@@ -23,6 +25,8 @@ from agent.engine.model_files import ModelConfig
 from agent.engine.types import ModelLoadError
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_LOGITS_TO_KEEP = ("logits_to_keep", "num_logits_to_keep")
+_KNOWN = ("input_ids", "attention_mask", "position_ids", *_LOGITS_TO_KEEP)
 _ORT_DTYPES: dict[str, Any] = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -50,6 +54,8 @@ class GraphContract:
     logits_name: str
     kv: tuple[KVSpec, ...]
     """Past/present pairs in layer order (key, value, key, value...); empty when the graph has no cache."""
+    logits_to_keep: tuple[str, tuple[int, ...]] | None = None
+    """``(input name, shape)`` of a ``logits_to_keep`` input (shape ``()`` or ``(1,)``), if any."""
 
     @property
     def has_cache(self) -> bool:
@@ -81,7 +87,7 @@ def discover_contract(inputs: list[Any], outputs: list[Any], config: ModelConfig
     out_names = {node.name for node in outputs}
     unknown = [
         name for name in by_name
-        if name not in ("input_ids", "attention_mask", "position_ids") and not _PAST.match(name)
+        if name not in _KNOWN and not _PAST.match(name)
     ]
     if unknown:
         raise ModelLoadError(
@@ -126,6 +132,14 @@ def discover_contract(inputs: list[Any], outputs: list[Any], config: ModelConfig
                     dtype=_dtype(node, (np.float32, np.float16)),
                 )
             )
+    keep: tuple[str, tuple[int, ...]] | None = None
+    for name in _LOGITS_TO_KEEP:
+        if name in by_name:
+            node = by_name[name]
+            _dtype(node, (np.int64,))
+            if len(node.shape) > 1:
+                raise ModelLoadError(f"graph input {name!r} has shape {node.shape}, expected a scalar")
+            keep = (name, (1,) * len(node.shape))
     if kv and mask_dtype is None:
         raise ModelLoadError("graph has a KV cache but no attention_mask input")
     return GraphContract(
@@ -133,5 +147,6 @@ def discover_contract(inputs: list[Any], outputs: list[Any], config: ModelConfig
         attention_mask_dtype=mask_dtype,
         position_ids_dtype=pos_dtype,
         logits_name="logits",
+        logits_to_keep=keep,
         kv=tuple(kv),
     )

@@ -23,9 +23,11 @@ from agent.engine.types import ModelLoadError
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 
+PREFILL_CHUNK = 512
+"""Most prompt tokens fed in one run: unfused attention materialises (heads, chunk, total) scores."""
 PREFILL_LOGITS_BUDGET = 16 * 1024 * 1024
-"""Most logits (elements) one prefill chunk may produce: the graphs return logits for every
-position, so long prompts are fed in chunks of ``budget // vocab`` tokens (at least 16)."""
+"""Most logits (elements) one prefill chunk may produce: graphs without ``logits_to_keep`` return
+logits for every position, so long prompts are fed in chunks of ``budget // vocab`` tokens."""
 
 
 def open_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
@@ -70,6 +72,11 @@ class DecoderRunner(Protocol):
         """Append ``ids`` to the sequence; return the float32 logits (vocab,) after the last one."""
 
 
+def _keep_one(contract: GraphContract) -> np.ndarray:
+    shape = contract.logits_to_keep[1] if contract.logits_to_keep else ()
+    return np.ones(shape, dtype=np.int64)
+
+
 def _last_logits(logits: np.ndarray) -> np.ndarray:
     if logits.ndim != 3:
         raise RuntimeError(f"logits have shape {logits.shape}, expected (batch, sequence, vocab)")
@@ -95,12 +102,18 @@ class CachedRunner:
             spec.input_name: np.zeros((1, spec.num_heads, 0, spec.head_dim), dtype=spec.dtype)
             for spec in contract.kv
         }
+        self._keep = _keep_one(contract)
         self._past: list[Any] = []
         self.past_length = 0
         self.max_chunk = context_length
 
     def set_vocab(self, vocab: int) -> None:
-        self.max_chunk = max(16, PREFILL_LOGITS_BUDGET // max(vocab, 1))
+        """Size prefill chunks: at most ``PREFILL_CHUNK`` tokens (bounds attention scratch memory)
+        and, unless the graph returns the last position only, logits within ``PREFILL_LOGITS_BUDGET``."""
+        chunk = PREFILL_CHUNK
+        if self._contract.logits_to_keep is None:
+            chunk = min(chunk, PREFILL_LOGITS_BUDGET // max(vocab, 1))
+        self.max_chunk = max(16, chunk)
 
     def reset(self) -> None:
         self._past = []
@@ -120,6 +133,8 @@ class CachedRunner:
         binding.bind_cpu_input("attention_mask", self._mask[:, :total])
         if contract.position_ids_dtype is not None:
             binding.bind_cpu_input("position_ids", self._positions[:, past:total])
+        if contract.logits_to_keep is not None:
+            binding.bind_cpu_input(contract.logits_to_keep[0], self._keep)
         if self._past:
             for spec, value in zip(contract.kv, self._past):
                 binding.bind_ortvalue_input(spec.input_name, value)
@@ -162,6 +177,8 @@ class UncachedRunner:
             feeds["attention_mask"] = np.ones((1, n), dtype=contract.attention_mask_dtype)
         if contract.position_ids_dtype is not None:
             feeds["position_ids"] = np.arange(n, dtype=contract.position_ids_dtype).reshape(1, n)
+        if contract.logits_to_keep is not None:
+            feeds[contract.logits_to_keep[0]] = _keep_one(contract)
         (logits,) = self._session.run([contract.logits_name], feeds)
         return _last_logits(logits)
 

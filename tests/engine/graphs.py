@@ -75,6 +75,26 @@ def without_position_ids(src: Path, dest: Path) -> None:
     onnx.save(model, str(dest))
 
 
+def with_logits_to_keep(src: Path, dest: Path) -> None:
+    """The same graph with transformers' scalar ``logits_to_keep`` input: only the last ``k``
+    positions' logits are returned."""
+    model = onnx.load(str(src))
+    graph = model.graph
+    _rename_uses(graph, "logits", "logits_all")
+    graph.input.append(helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, []))
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([1], np.int64), "keep_axis"),
+        numpy_helper.from_array(np.array([1], np.int64), "keep_shape"),
+        numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), "keep_end"),
+    ])
+    graph.node.extend([
+        helper.make_node("Neg", ["logits_to_keep"], ["keep_neg"]),
+        helper.make_node("Reshape", ["keep_neg", "keep_shape"], ["keep_start"]),
+        helper.make_node("Slice", ["logits_all", "keep_start", "keep_end", "keep_axis"], ["logits"]),
+    ])
+    onnx.save(model, str(dest))
+
+
 def bigram_chain(vocab: int, seed: int = 0) -> np.ndarray:
     """``next[a]``: the greedy successor of token ``a`` in :func:`write_bigram_graph`'s model."""
     return np.random.default_rng(seed).integers(3, vocab, size=vocab)

@@ -11,7 +11,7 @@ import pytest
 
 from agent.engine.model import load_model
 from agent.engine.types import ModelLoadError, SamplingParams, TemplateError
-from tests.engine.graphs import with_fp16_kv, without_position_ids, write_bigram_graph
+from tests.engine.graphs import with_fp16_kv, with_logits_to_keep, without_position_ids, write_bigram_graph
 from tests.engine.helpers import chat_prompt, run, text, token_ids, write_file
 from tests.fakes.tiny_model import TinyModel
 
@@ -121,6 +121,18 @@ def test_graph_without_position_ids(tiny: TinyModel, repo: Path) -> None:
     without_position_ids(tiny.path / "onnx" / "model.onnx", repo / "onnx" / "model.onnx")
     model = load_model(repo, quantization="fp32", device="cpu")
     assert model.contract.position_ids_dtype is None
+    reference = load_model(tiny.path, quantization="fp32", device="cpu")
+    prompt = chat_prompt(model)
+    assert token_ids(run(model, prompt, max_tokens=12)) == token_ids(run(reference, prompt, max_tokens=12))
+
+
+def test_logits_to_keep_input_is_fed_one(tiny: TinyModel, repo: Path) -> None:
+    with_logits_to_keep(tiny.path / "onnx" / "model.onnx", repo / "onnx" / "model.onnx")
+    model = load_model(repo, quantization="fp32", device="cpu")
+    assert model.contract.logits_to_keep == ("logits_to_keep", ())
+    from agent.engine.session import PREFILL_CHUNK
+
+    assert model._runner is not None and model._runner.max_chunk == PREFILL_CHUNK  # no logits budget
     reference = load_model(tiny.path, quantization="fp32", device="cpu")
     prompt = chat_prompt(model)
     assert token_ids(run(model, prompt, max_tokens=12)) == token_ids(run(reference, prompt, max_tokens=12))
