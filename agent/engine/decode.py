@@ -34,6 +34,8 @@ class DecodeStats:
     """Timings of the last generation, for logs and benchmarks (seconds, tokens)."""
 
     prompt_tokens: int = 0
+    reused_tokens: int = 0
+    """Prompt tokens whose KV cache was kept from the previous generation (not recomputed)."""
     generated_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
@@ -85,10 +87,11 @@ def run_decode(
             return Step(released + tail, tokens, "stop")
         return Step(released + tail + matcher.flush(), tokens, reason)
 
-    runner.reset()
     started = time.perf_counter()
+    reused = runner.begin(prompt_ids)
+    stats.reused_tokens = reused
     logits: np.ndarray | None = None
-    for start in range(0, len(prompt_ids), runner.max_chunk):
+    for start in range(reused, len(prompt_ids), runner.max_chunk):
         if cancel.is_set():
             yield finish("cancelled", [])
             return

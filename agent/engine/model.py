@@ -2,8 +2,13 @@
 
 The returned ``OnnxChatModel`` follows ``agent.engine.types.LoadedModel``. It is synchronous and
 keeps one sequence's KV cache: one ``generate`` at a time (the pool serialises requests); close or
-exhaust a ``generate`` iterator before starting the next one, because starting a new generation
-resets the cache that an older, unfinished iterator was using.
+exhaust a ``generate`` iterator before starting the next one, because a new generation takes over
+the cache that an older, unfinished iterator was using.
+
+The cache outlives a generation: a prompt that begins with the previous prompt and reply (the next
+turn of a chat) re-runs only its new tokens (``last_stats.reused_tokens`` says how many were kept).
+Reused keys/values were computed in a differently shaped batch, so logits can differ in the last
+bits from a cold run; a seed repeats its text except where such a difference flips a near-tie.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """The onnxruntime session of a decoder and the runners that feed it one sequence at a time.
 
-A runner owns the KV cache of the sequence being decoded. ``forward(ids)`` appends tokens and
-returns the logits of the last one; ``reset()`` forgets the sequence. The cached runner keeps the
+A runner owns the KV cache of the sequence being decoded. ``begin(prompt)`` starts a sequence
+(reusing what the cache holds of it), ``forward(ids)`` appends tokens and returns the logits of the
+last one; ``reset()`` forgets the sequence. The cached runner keeps the
 ``present.*`` outputs as ``OrtValue``s bound straight back as the next ``past_key_values.*`` through
 an I/O binding, so the cache is never copied through numpy and stays on the accelerator when there
 is one. A later runner may preallocate fixed KV buffers (fused GroupQueryAttention graphs) behind
-the same two methods.
+the same methods. ``begin(prompt)`` keeps the cache of a shared prefix between generations.
 """
 
 from __future__ import annotations
@@ -68,6 +69,10 @@ class DecoderRunner(Protocol):
     def reset(self) -> None:
         """Forget the sequence (and its cache)."""
 
+    def begin(self, prompt: Sequence[int]) -> int:
+        """Start a new sequence for ``prompt``; return how many of its first tokens are already
+        in the cache (always fewer than ``len(prompt)``). Feed the rest with ``forward``."""
+
     def forward(self, ids: Sequence[int]) -> np.ndarray:
         """Append ``ids`` to the sequence; return the float32 logits (vocab,) after the last one."""
 
@@ -104,6 +109,8 @@ class CachedRunner:
         }
         self._keep = _keep_one(contract)
         self._past: list[Any] = []
+        self._tokens: list[int] = []
+        """The token ids whose keys and values are in ``_past``."""
         self.past_length = 0
         self.max_chunk = context_length
 
@@ -117,9 +124,40 @@ class CachedRunner:
 
     def reset(self) -> None:
         self._past = []
+        self._tokens = []
         self.past_length = 0
 
+    def begin(self, prompt: Sequence[int]) -> int:
+        """Keep the cache of the longest common prefix of the cached tokens and ``prompt`` (at most
+        ``len(prompt) - 1``: the last prompt token must be run for its logits). Multi-turn chats
+        thus re-run only the new turn. A cache on an accelerator is kept only when the prompt
+        extends it; cutting it back happens on the CPU only."""
+        cached = self._tokens
+        limit = min(len(cached), len(prompt) - 1)
+        common = 0
+        while common < limit and cached[common] == prompt[common]:
+            common += 1
+        if common == len(cached):
+            return common
+        if common == 0 or self._kv_device != "cpu":
+            self.reset()
+            return 0
+        self._past = [
+            ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value.numpy()[:, :, :common, :]))
+            for value in self._past
+        ]
+        del self._tokens[common:]
+        self.past_length = common
+        return common
+
     def forward(self, ids: Sequence[int]) -> np.ndarray:
+        try:
+            return self._forward(ids)
+        except BaseException:
+            self.reset()  # the cache no longer matches any known token sequence
+            raise
+
+    def _forward(self, ids: Sequence[int]) -> np.ndarray:
         contract = self._contract
         past = self.past_length
         total = past + len(ids)
@@ -147,6 +185,7 @@ class CachedRunner:
         self._session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         self._past = list(outputs[1:])
+        self._tokens.extend(int(i) for i in ids)
         self.past_length = total
         return _last_logits(outputs[0].numpy())
 
@@ -165,6 +204,10 @@ class UncachedRunner:
 
     def reset(self) -> None:
         self._ids = []
+
+    def begin(self, prompt: Sequence[int]) -> int:
+        self.reset()
+        return 0
 
     def forward(self, ids: Sequence[int]) -> np.ndarray:
         self._ids.extend(int(i) for i in ids)

@@ -238,3 +238,26 @@ def test_quantized_variants_load_and_generate(tiny: TinyModel, quant: str) -> No
     assert text(steps) == tiny.decode(token_ids(steps))
     if quant == "fp16":  # half-precision weights keep the first argmax on this model
         assert token_ids(steps)[0] == expected_greedy(tiny, chat_prompt(model), 1)[0]
+
+
+def test_a_following_prompt_reuses_the_cached_prefix(tiny: TinyModel) -> None:
+    from agent.engine.model import load_model
+
+    model = load_model(tiny.path, quantization="fp32", device="cpu")
+    first = model.encode_chat([{"role": "user", "content": "Hello world"}])
+    reply = token_ids(run(model, first, max_tokens=6))
+    assert model.last_stats.reused_tokens == 0
+    # The next turn extends the cached sequence (prompt + reply but its last token): nothing is cut.
+    second = first + reply + tiny.encode("<|im_end|>\n<|im_start|>user\nMore<|im_end|>\n<|im_start|>assistant\n")
+    assert token_ids(run(model, second, max_tokens=8)) == expected_greedy(tiny, second, 8)
+    assert model.last_stats.reused_tokens == len(first) + len(reply) - 1
+    # A prompt that shares only a beginning: the cache is cut back to it.
+    third = first[:5] + tiny.encode("Numbers: 42")
+    assert token_ids(run(model, third, max_tokens=8)) == expected_greedy(tiny, third, 8)
+    assert model.last_stats.reused_tokens == 5
+    # The same prompt again: all but its last token come from the cache.
+    assert token_ids(run(model, third, max_tokens=8)) == expected_greedy(tiny, third, 8)
+    assert model.last_stats.reused_tokens == len(third) - 1
+    # Nothing in common.
+    run(model, tiny.encode("Once upon a time"), max_tokens=2)
+    assert model.last_stats.reused_tokens == 0
