@@ -24,7 +24,7 @@ from quart.testing.connections import TestHTTPConnection as StreamConnection
 from quart.typing import TestClientProtocol as Client
 
 from agent.engine.model import load_model
-from agent.engine.types import LoadedModel, ModelInfo, SamplingParams, Step, TokenChoice
+from agent.engine.types import EngineError, LoadedModel, ModelInfo, SamplingParams, Step, TokenChoice
 from agent.http import create_app, serve_http
 from agent.pool import ModelPool, ResolvedVariant, UnknownModelError
 from agent.settings import HttpSettings, ModelSettings, Settings
@@ -88,7 +88,9 @@ class Throttled:
             steps.close()  # type: ignore[attr-defined]
             steps = scripted_steps(self.loader.script)
         try:
-            for step in steps:
+            for n, step in enumerate(steps):
+                if self.loader.fail_after is not None and n >= self.loader.fail_after:
+                    raise EngineError("the session failed (a test fault)")
                 yield step
                 if step.finish_reason is None and self.loader.step_s:
                     cancel.wait(self.loader.step_s)
@@ -118,6 +120,8 @@ class Loader:
     step_s: float = 0.0
     script: str | None = None
     """If set, generations emit this text instead of the model's (see ``scripted_steps``)."""
+    fail_after: int | None = None
+    """If set, generations raise an ``EngineError`` after this many steps."""
     loads: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
     generations: list[str] = field(default_factory=list)

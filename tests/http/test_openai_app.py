@@ -252,3 +252,19 @@ async def test_lease_stream_params_reach_the_engine(app_for: AppFor) -> None:
     greedy = (await post(client, "/v1/completions", {**payload, "temperature": 0}))[2]["choices"][0]["text"]
     assert len({texts.pop(), other, greedy}) >= 2
     assert SamplingParams().temperature is None
+
+
+async def test_an_engine_failure_mid_stream_ends_with_an_error_event(app_for: AppFor) -> None:
+    app, world = app_for(active="rand")
+    world.loader.fail_after = 3
+    client = app.test_client()
+    events = await read_stream(client, "/v1/chat/completions", {"messages": HI, "stream": True})
+    assert "[DONE]" not in events
+    error = events[-1]["error"]
+    assert error["type"] == "server_error" and "test fault" in error["message"]
+    assert len(events) >= 3  # the role chunk and some content went out before the failure
+    response = await client.post("/v1/chat/completions", json={"messages": HI})
+    assert response.status_code == 500 and "test fault" in (await response.get_json())["error"]["message"]
+    world.loader.fail_after = None
+    response = await client.post("/v1/chat/completions", json={"messages": HI, "max_tokens": 2})
+    assert response.status_code == 200 and world.pool.status().running == 0
