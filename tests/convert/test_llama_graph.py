@@ -11,7 +11,8 @@ import onnx
 import pytest
 from jinja2 import Template
 
-from agent.convert.llama_graph import QUANT_FILES, effective_weights, write_llama_onnx
+from agent.convert.llama_graph import QUANT_FILES, write_llama_onnx
+from agent.convert.weight_forms import effective_weights
 from agent.convert.llama_shape import LlamaShape, RopeScaling, rope_inv_freq
 from tests.fakes import reference
 from tests.fakes.decoder import Decoder
@@ -29,6 +30,14 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
 @pytest.fixture(scope="module")
 def decoders(tiny: TinyModel) -> dict[str, Decoder]:
     return {q: Decoder(p) for q, p in tiny.files.items()}
+
+
+@pytest.fixture(scope="module")
+def exact_decoders(tiny: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Decoder]:
+    """The same variants with float32 activations everywhere (accuracy_level 1), whose output is
+    exactly the float model of the weights they hold."""
+    repo = tmp_path_factory.mktemp("exact")
+    return {q: Decoder(write_llama_onnx(tiny.shape, tiny.weights, repo, q, accuracy_level=1)) for q in ALL_QUANTS}
 
 
 def chat_prompt(model: TinyModel, text: str) -> list[int]:
@@ -69,8 +78,11 @@ def test_repo_layout_and_io_contract(tiny: TinyModel) -> None:
         ops = {n.op_type for n in model.graph.node}
         assert not ops & {"DynamicQuantizeLinear", "MatMulInteger", "QLinearMatMul"}, quant
         if quant in ("q4", "q8"):
-            bits = {a.i for n in model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "bits"}
-            assert bits == ({4, 8} if quant == "q4" else {8})  # q4: layers 4-bit, lm_head 8-bit
+            # Default per-node accuracy: 4-bit float activations, 8-bit int8 (the fast CPU kernels).
+            nbits = [{a.name: a.i for a in n.attribute} for n in model.graph.node if n.op_type == "MatMulNBits"]
+            expected = {"bits": 4, "accuracy_level": 0} if quant == "q4" else {"bits": 8, "accuracy_level": 4}
+            assert len(nbits) == 4 * s.num_layers + (quant == "q8")  # q4 keeps a float (fp16) head
+            assert all({k: a[k] for k in expected} == expected for a in nbits), nbits
         if quant == "fp16":
             dtypes = {t.data_type for t in model.graph.initializer if t.name.endswith("proj.weight_t")}
             assert dtypes == {onnx.TensorProto.FLOAT16}
@@ -91,7 +103,7 @@ def test_fp32_prefill_matches_reference(tiny: TinyModel, decoders: dict[str, Dec
 
 
 @pytest.mark.parametrize("quant", ALL_QUANTS)
-def test_cached_decoding_matches_reference(tiny: TinyModel, decoders: dict[str, Decoder], quant: str) -> None:
+def test_cached_decoding_matches_reference(tiny: TinyModel, exact_decoders: dict[str, Decoder], quant: str) -> None:
     """Prefill, a 3-token chunk, then single tokens: every step equals the uncached reference run on
     the weights that variant effectively holds, so the KV cache adds no error at all."""
     weights = effective_weights(tiny.shape, tiny.weights, quant)  # type: ignore[arg-type]
@@ -100,7 +112,7 @@ def test_cached_decoding_matches_reference(tiny: TinyModel, decoders: dict[str, 
     past = None
     seen: list[int] = []
     for chunk in chunks:
-        logits, past = decoders[quant].step(np.array([chunk]), past)
+        logits, past = exact_decoders[quant].step(np.array([chunk]), past)
         seen += chunk
         expected = reference.forward(tiny.shape, weights, np.array([seen]))[:, -len(chunk) :]
         assert np.abs(logits - expected).max() < ATOL, (quant, len(seen))
@@ -188,7 +200,7 @@ def test_untied_model_and_external_data(tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx_data"]
     logits, _ = Decoder(path).step(ids)
     assert np.abs(logits - expected).max() < ATOL
-    q8 = write_llama_onnx(shape, weights, tmp_path, "q8", external_data=True)
+    q8 = write_llama_onnx(shape, weights, tmp_path, "q8", external_data=True, accuracy_level=1)
     logits, _ = Decoder(q8).step(ids)
     assert np.abs(logits - reference.forward(shape, effective_weights(shape, weights, "q8"), ids)).max() < ATOL
 
