@@ -36,6 +36,7 @@ from agent.pool.types import (
     PoolStatus,
     QueueFullError,
     ResolvedVariant,
+    UnknownModelError,
 )
 from agent.pool.lease import Lease
 from agent.settings import ModelSettings
@@ -72,8 +73,10 @@ class ModelPool:
     """Loads models on demand and hands out one generation turn at a time per model (see module doc).
 
     ``publish`` is called on the loop with ``model.*`` events (``session``/``time`` are left for the
-    publisher to stamp). ``on_active(key)`` is called after ``activate`` succeeds, so the store can
-    remember the choice; ``active`` is the key remembered from last time (not loaded until asked).
+    publisher to stamp). The pool owns the active key at run time: ``active`` is the key remembered
+    from last time (not loaded until asked, or until the caller ``activate``s it), requests without
+    a model use it, and ``on_active(key)`` is called after ``activate`` succeeds so the store can
+    remember the choice. All methods must be called on the event loop that runs the pool.
     """
 
     def __init__(
@@ -106,7 +109,8 @@ class ModelPool:
         return self._active
 
     def set_active(self, key: str | None) -> None:
-        """Change the active key without loading anything (e.g. the active variant was deleted)."""
+        """Change the active key without loading anything (e.g. ``None`` when the active variant was
+        deleted). ``on_active`` is not called: the caller is the one who knows."""
         old, self._active = self._active, key
         if key in self._slots:
             self._cancel_idle(self._slots[key])
@@ -114,7 +118,12 @@ class ModelPool:
             self._after_idle(self._slots[old])
 
     def resolve(self, name: str | None) -> ResolvedVariant:
-        """The catalog's answer for ``name`` (raises ``UnknownModelError``/``ModelUnavailableError``)."""
+        """The installed variant ``name`` means; ``None`` means the active model. Raises
+        ``UnknownModelError`` (also when ``None`` and nothing is active) or ``ModelUnavailableError``."""
+        if name is None:
+            if self._active is None:
+                raise UnknownModelError(None)
+            return self.catalog.resolve(self._active)
         return self.catalog.resolve(name)
 
     def installed(self) -> Sequence[ResolvedVariant]:
@@ -128,7 +137,7 @@ class ModelPool:
         while it waits gives up its place and leaves any load running.
         """
         self._check_open()
-        variant = self.catalog.resolve(name)
+        variant = self.resolve(name)
         slot = self._slot_for(variant)
         if slot.waiting() >= self.settings.queue_size:
             raise QueueFullError(

@@ -29,11 +29,12 @@ class ResolvedVariant:
 class Catalog(Protocol):
     """What the pool asks the store. Both methods are called on the event loop and must be quick."""
 
-    def resolve(self, name: str | None) -> ResolvedVariant:
-        """Map a request's ``model`` — a variant key, a bare model id (its installed variant) or
-        ``None`` (the active model) — to a ready variant. Raise ``UnknownModelError`` when nothing
-        installed matches (or ``None`` and no model is active), ``ModelUnavailableError`` when it is
-        installed but not usable now (still downloading, or broken)."""
+    def resolve(self, name: str) -> ResolvedVariant:
+        """Map a variant key or a bare model id (its installed variant) to a ready variant. Raise
+        ``UnknownModelError`` when nothing installed matches (a malformed name included),
+        ``ModelUnavailableError`` when it is installed but not usable now (still downloading, or
+        broken). A request without ``model`` never gets here as ``None``: the pool resolves its
+        own active key instead."""
         ...
 
     def installed(self) -> Sequence[ResolvedVariant]:
@@ -47,7 +48,8 @@ class UnknownModelError(KeyError):
     def __init__(self, name: str | None, message: str | None = None) -> None:
         self.name = name
         self.message = message or (
-            f"The model '{name}' does not exist or is not installed" if name else "No model is active"
+            f"The model '{name}' does not exist or is not installed" if name
+            else "No model is active: name one in 'model', or choose one with `hflocal use`"
         )
         super().__init__(self.message)
 

@@ -41,17 +41,13 @@ def variant_for(model_id: str, path: Path, quantization: str = "fp32", device: s
 
 
 class DictCatalog:
-    """The store's answers, from a dict: keys, bare model ids, and ``None`` for the active one."""
+    """The store's answers, from a dict: variant keys and bare model ids; remembers the active key."""
 
     def __init__(self, variants: list[ResolvedVariant], active: str | None = None) -> None:
         self.variants = {v.key: v for v in variants}
         self.active = active
 
-    def resolve(self, name: str | None) -> ResolvedVariant:
-        if name is None:
-            if self.active is None:
-                raise UnknownModelError(None)
-            return self.variants[self.active]
+    def resolve(self, name: str) -> ResolvedVariant:
         if name in self.variants:
             return self.variants[name]
         for variant in self.variants.values():
