@@ -136,7 +136,7 @@ class OnnxChatModel:
             prompt_ids=list(prompt_ids),
             sampler=Sampler(plan, limit, params.seed),
             max_new_tokens=max_new,
-            stops=list(params.stop),
+            stops=[params.stop] if isinstance(params.stop, str) else list(params.stop),
             eos_ids=self.tokenizer.eos_token_ids,
             vocab_limit=limit,
             cancel=cancel,

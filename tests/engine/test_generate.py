@@ -92,6 +92,11 @@ def test_stop_strings_cut_exactly_before_the_stop(scripted_model: OnnxChatModel,
     assert steps[-1].finish_reason == "stop"
 
 
+def test_a_single_stop_string_is_not_split_into_characters(scripted_model: OnnxChatModel) -> None:
+    steps = run(scripted_model, chat_prompt(scripted_model), max_tokens=100, stop="world")
+    assert text(steps) == "Hello "
+
+
 def test_stop_string_tokens_are_reported_but_not_its_text(scripted_model: OnnxChatModel) -> None:
     full = run(scripted_model, chat_prompt(scripted_model), max_tokens=100)
     cut = run(scripted_model, chat_prompt(scripted_model), max_tokens=100, stop=["ld! c"])
