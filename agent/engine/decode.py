@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -31,7 +31,9 @@ from agent.engine.types import Step, TokenChoice, TokenLogprob
 
 @dataclass(slots=True)
 class DecodeStats:
-    """Timings of the last generation, for logs and benchmarks (seconds, tokens)."""
+    """Timings of the last generation, for logs and benchmarks (seconds, tokens). ``decode_s`` is
+    wall time from the first sampled token to the last, including time the consumer spent between
+    steps; ``generated_tokens`` counts an eos token too."""
 
     prompt_tokens: int = 0
     reused_tokens: int = 0
@@ -39,7 +41,6 @@ class DecodeStats:
     generated_tokens: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
     @property
     def decode_tokens_per_s(self) -> float:
