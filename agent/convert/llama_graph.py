@@ -59,22 +59,32 @@ def build_llama_model(
     accuracy_level: int | None = None,
     head_bits: int | None = None,
     attention: AttentionLayout | None = None,
-    external_data: Path | None = None,
-    external_location: str | None = None,
     progress: Progress | None = None,
 ) -> onnx.ModelProto:
-    """Build the decoder graph. ``head_bits``: lm_head/embedding form (4, 8, 16, 32; default per
-    quant in ``weight_forms.DEFAULT_HEAD_BITS``). ``external_data``: stream weights to this file."""
+    """The decoder graph as one in-memory proto (for inspection; :func:`write_llama_onnx` writes
+    files faster and streams large models). ``head_bits``: lm_head/embedding form (4, 8, 16, 32;
+    default per quant in ``weight_forms.DEFAULT_HEAD_BITS``)."""
+    return _build(GraphBuilder("llama_decoder"), shape, weights, quant, accuracy_level, head_bits, attention, progress).model()
+
+
+def _build(
+    g: GraphBuilder,
+    shape: LlamaShape,
+    weights: Mapping[str, Weight],
+    quant: Quant,
+    accuracy_level: int | None,
+    head_bits: int | None,
+    attention: AttentionLayout | None,
+    progress: Progress | None,
+) -> GraphBuilder:
     if quant not in QUANT_FILES:
         raise ValueError(f"unknown quantization {quant!r}: use one of {', '.join(QUANT_FILES)}")
-    g = GraphBuilder("llama_decoder", external_data, external_location)
     try:
-        decoder = _Decoder(g, shape, quant, accuracy_level, head_bits_for(quant, head_bits), attention)
-        decoder.build(weights, progress)
+        _Decoder(g, shape, quant, accuracy_level, head_bits_for(quant, head_bits), attention).build(weights, progress)
     except BaseException:
         g.abort()
         raise
-    return g.model()
+    return g
 
 
 def write_llama_onnx(
@@ -85,6 +95,7 @@ def write_llama_onnx(
     *,
     accuracy_level: int | None = None,
     head_bits: int | None = None,
+    attention: AttentionLayout | None = None,
     external_data: bool | None = None,
     progress: Progress | None = None,
 ) -> Path:
@@ -101,19 +112,10 @@ def write_llama_onnx(
         external_data = estimate_size(shape, quant, head_bits) > EXTERNAL_DATA_THRESHOLD
     tag = f".{os.getpid()}.incomplete"
     tmp_data = data_path.with_name(data_path.name + tag) if external_data else None
-    model = build_llama_model(
-        shape,
-        weights,
-        quant,
-        accuracy_level=accuracy_level,
-        head_bits=head_bits,
-        external_data=tmp_data,
-        external_location=data_path.name,
-        progress=progress,
-    )
     tmp = path.with_name(path.name + tag)
+    g = GraphBuilder("llama_decoder", tmp_data, data_path.name)
     try:
-        onnx.save_model(model, tmp)
+        _build(g, shape, weights, quant, accuracy_level, head_bits, attention, progress).save(tmp)
         if tmp_data is not None:
             os.replace(tmp_data, data_path)
         elif data_path.exists():

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from jinja2 import Template
 
-from agent.convert.llama_graph import QUANT_FILES, write_llama_onnx
+from agent.convert.llama_graph import QUANT_FILES, build_llama_model, write_llama_onnx
 from agent.convert.weight_forms import effective_weights
 from agent.convert.llama_shape import LlamaShape, RopeScaling, rope_inv_freq
 from tests.fakes import reference
@@ -189,6 +189,21 @@ def test_scripted_reply_is_the_greedy_answer(tmp_path: Path) -> None:
         tokens = Decoder(path).greedy(prompt, 40, eos=model.eos_token_id)
         assert tokens == [*model.reply_ids, model.eos_token_id]
         assert model.decode(tokens) == "Paris is the capital of France."
+
+
+def test_saved_file_equals_the_in_memory_model(tmp_path: Path) -> None:
+    """save() appends large weights as separate protobuf records; a parser must see the same model."""
+    shape = tiny_shape(400)
+    weights = random_weights(shape, seed=2)
+    for quant in ("fp32", "q4"):
+        built = build_llama_model(shape, weights, quant)  # type: ignore[arg-type]
+        loaded = onnx.load(str(write_llama_onnx(shape, weights, tmp_path, quant)))  # type: ignore[arg-type]
+        as_dict = lambda m: {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}  # noqa: E731
+        want, got = as_dict(built), as_dict(loaded)
+        assert want.keys() == got.keys()
+        assert quant != "fp32" or any(a.nbytes >= 1 << 16 for a in want.values())  # the appended path
+        assert all(np.array_equal(want[k], got[k]) and want[k].dtype == got[k].dtype for k in want)
+        assert [n.name for n in built.graph.node] == [n.name for n in loaded.graph.node]
 
 
 def test_untied_model_and_external_data(tmp_path: Path) -> None:
