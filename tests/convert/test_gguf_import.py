@@ -11,13 +11,13 @@ import numpy as np
 import onnx
 import pytest
 from gguf import GGMLQuantizationType as QT
-from gguf import GGUFReader, quants
+from gguf import GGUFReader, GGUFWriter, RopeScalingType, quants
 from jinja2 import Template
 from tokenizers import Tokenizer
 
 from agent.convert.gguf_import import UnsupportedModelError, import_gguf, inspect_gguf
 from agent.convert.gguf_weights import PASSTHROUGH_TYPES, GGUFWeights
-from agent.convert.llama_shape import LlamaShape
+from agent.convert.llama_shape import LlamaShape, RopeScaling, rope_inv_freq
 from agent.convert.weight_forms import effective_weights
 from tests.fakes import reference
 from tests.fakes.decoder import Decoder
@@ -176,6 +176,30 @@ def test_k_quants_are_dequantized(tmp_path: Path) -> None:
     assert np.abs(logits - reference.forward(shape, expected, ids)).max() < ATOL
     logits, _ = Decoder(result.files["q4"]).step(ids)
     assert np.abs(logits - reference.forward(shape, effective_weights(shape, expected, "q4"), ids)).max() < ATOL
+
+
+def test_rope_scaling_metadata_and_frequency_factors(tmp_path: Path, tiny: TinyModel) -> None:
+    """Linear scaling from ``llama.rope.scaling.*``; Llama 3.1's ``rope_freqs`` tensor divides the
+    frequencies (llama.cpp's form of llama3 scaling)."""
+    factors = np.linspace(1.0, 8.0, tiny.shape.head_dim // 2).astype(np.float32)
+
+    def configure(w: GGUFWriter) -> None:
+        w.add_rope_scaling_type(RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(2.0)
+
+    path = tmp_path / "rope.gguf"
+    extra = {"rope_freqs.weight": (factors, QT.F32)}
+    types = write_tiny_gguf(path, tiny.shape, tiny.weights, tiny.tokenizer, extra_tensors=extra, configure=configure)
+    result = import_gguf(path, tmp_path / "repo", ("fp32",))
+    shape = result.summary.shape
+    assert shape.rope_scaling == RopeScaling("linear", 2.0)
+    assert shape.rope_freq_factors == tuple(float(f) for f in factors)
+    assert json.loads((result.repo_dir / "config.json").read_text())["rope_scaling"] == {"rope_type": "linear", "factor": 2.0}
+    want_inv = (1.0 / 10000.0 ** (np.arange(0, 16, 2) / 16)) / 2.0 / factors
+    np.testing.assert_allclose(rope_inv_freq(shape), want_inv, rtol=1e-6)
+    ids = np.array([np.arange(60) * 11 % 400])
+    logits, _ = Decoder(result.files["fp32"]).step(ids)
+    assert np.abs(logits - reference.forward(shape, expected_weights(tiny.weights, types), ids)).max() < ATOL
 
 
 def test_unsupported_files_are_refused_clearly(tmp_path: Path, tiny: TinyModel) -> None:

@@ -10,7 +10,7 @@ Hugging Face layout, computed without the importer.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -83,8 +83,12 @@ def write_tiny_gguf(
     architecture: str = "llama",
     pre: str = "gpt2",
     extra_tensors: Mapping[str, tuple[np.ndarray, QT]] | None = None,
+    configure: Callable[[GGUFWriter], None] | None = None,
 ) -> dict[str, QT]:
-    """Write ``path``; returns the type each Hugging Face-named tensor was stored in."""
+    """Write ``path``; returns the type each Hugging Face-named tensor was stored in.
+
+    ``extra_tensors`` are written as given (raw blocks, no permutation); ``configure`` may add
+    metadata (rope scaling, ...)."""
     w = GGUFWriter(str(path), architecture)
     w.add_name("Tiny Llama")
     w.add_context_length(shape.max_position_embeddings)
@@ -117,6 +121,8 @@ def write_tiny_gguf(
     w.add_add_bos_token(False)
     if chat_template is not None:
         w.add_chat_template(chat_template)
+    if configure is not None:
+        configure(w)
 
     types: dict[str, QT] = {}
     for name, value in weights.items():
