@@ -181,3 +181,22 @@ def test_encode_text_adds_bos_only_when_configured(tiny: TinyModel, tmp_path: Pa
     assert model.encode_text("<|im_start|>Hello") == [1, *plain]  # never doubled
     # Chat prompts never get an extra BOS: the template writes its own.
     assert model.encode_chat([{"role": "user", "content": "x"}]).count(1) == 2
+
+
+def test_without_add_bos_flags_the_tokenizer_post_processor_decides(tiny: TinyModel, tmp_path: Path) -> None:
+    """Llama 3 style: no ``add_bos_token`` in tokenizer_config.json, BOS added by tokenizer.json."""
+    from tokenizers import processors
+
+    dest = tmp_path / "repo"
+    shutil.copytree(tiny.path, dest, ignore=shutil.ignore_patterns("model_*.onnx"))
+    tok = tiny.tokenizer.__class__.from_file(str(dest / "tokenizer.json"))
+    tok.post_processor = processors.TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", 1)])
+    tok.save(str(dest / "tokenizer.json"))
+    config = json.loads((dest / "tokenizer_config.json").read_text())
+    del config["add_bos_token"], config["add_eos_token"]
+    (dest / "tokenizer_config.json").write_text(json.dumps(config))
+    model = load_model(dest, quantization="fp32", device="cpu")
+    assert model.encode_text("Hello") == [1, *tiny.encode("Hello")]
+    # The chat template's text is tokenized without the post-processor: no second BOS.
+    assert model.encode_chat([{"role": "user", "content": "x"}])[:2] == [1, *tiny.encode("user")][:2]
+    assert model.encode_chat([{"role": "user", "content": "x"}]).count(1) == 2
