@@ -170,6 +170,8 @@ class StatusResult(Message, kw_only=True):
     http_url: str
     home: str
     active: str | None = None
+    activating: str | None = None
+    """A variant being loaded to become the active model (``active`` switches once it is ready)."""
     loaded: list[str] = msgspec.field(default_factory=list)
     model_state: str = "none"
     """``none`` | ``loading`` | ``ready`` | ``failed``: the state of the active model."""

@@ -50,6 +50,7 @@ def bind(socket: zmq.Socket[Any], endpoint: str, what: str) -> str:
             return f"{endpoint[: -len(':0')]}:{port}"
         socket.bind(endpoint)
     except zmq.ZMQError as exc:
+        socket.close(linger=0)  # an unclosed socket would make Context.term() hang
         raise BindError(
             f"cannot bind the ZeroMQ {what} socket to {endpoint}: {exc.strerror} "
             "(is another hflocal agent or another program using it? change it in settings.toml [zmq])"

@@ -18,6 +18,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import socket
 from collections.abc import Sequence
 from importlib import metadata
 
@@ -103,17 +104,25 @@ def _bind(host: str, port: int) -> str:
 
 
 async def serve_http(
-    app: Quart, host: str, port: int, shutdown_event: asyncio.Event, *, graceful_timeout: float = 5.0
+    app: Quart,
+    host: str,
+    port: int,
+    shutdown_event: asyncio.Event,
+    *,
+    graceful_timeout: float = 5.0,
+    sock: socket.socket | None = None,
 ) -> None:
     """Serve ``app`` on ``host:port`` until ``shutdown_event`` is set, then stop accepting, give
     running requests ``graceful_timeout`` seconds and cancel the rest (their generations stop).
 
     Raises ``OSError`` at once if the address cannot be bound (port in use). Installs no signal
-    handlers. ``/health`` reports ``port``.
+    handlers. ``/health`` reports ``port``. With ``sock`` (already bound and listening, as the worker
+    does so that a busy port is reported before anything starts) ``host``/``port`` only label it.
     """
     app.extensions[EXTENSION].port = port
     config = Config()
-    config.bind = [_bind(host, port)]
+    # Hypercorn takes ownership of the descriptor it is given: hand it a duplicate.
+    config.bind = [f"fd://{os.dup(sock.fileno())}"] if sock is not None else [_bind(host, port)]
     config.accesslog = None
     config.errorlog = logging.getLogger("hflocal.http")
     config.graceful_timeout = graceful_timeout

@@ -32,6 +32,7 @@ from agent.pool.types import (
     Catalog,
     LoadTimeoutError,
     ModelLoadFailedError,
+    ModelUnavailableError,
     PoolClosedError,
     PoolStatus,
     QueueFullError,
@@ -198,6 +199,34 @@ class ModelPool:
         if old is not None and old != variant.key and old in self._slots:
             self._after_idle(self._slots[old])
         return variant
+
+    async def forget(self, key: str, timeout: float = 10.0) -> None:
+        """Forget ``key`` before its files go (delete, re-import): it stops being the active model,
+        its running generation is stopped (within a step), requests waiting for it fail with
+        ``ModelUnavailableError``, and it is unloaded. Unknown keys are fine (nothing to do)."""
+        if self._active == key:
+            self._active = None
+        self._failures.pop(key, None)
+        slot = self._slots.pop(key, None)
+        if slot is None:
+            return
+        self._cancel_idle(slot)
+        while slot.turn_queue:
+            waiter = slot.turn_queue.popleft()
+            if not waiter.done():
+                waiter.set_exception(ModelUnavailableError(f"{key} was removed"))
+        waits: list[asyncio.Future[object]] = []
+        if slot.current is not None:
+            slot.current.cancel()
+            waits.append(asyncio.ensure_future(slot.current.wait_stopped()))
+        if slot.load_task is not None:
+            waits.append(asyncio.shield(slot.load_task))  # _load unloads a slot no longer in the pool
+        if waits:
+            done, _ = await asyncio.wait(waits, timeout=timeout)
+            for future in done:
+                future.cancelled() or future.exception()
+        if slot.model is not None:
+            self._unload(slot, "deleted")
 
     def status(self) -> PoolStatus:
         """What is loaded and what the active model is doing; cheap, never blocks."""

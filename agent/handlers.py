@@ -1,0 +1,197 @@
+"""One handler per request: the only place a capability is written.
+
+ZeroMQ, the HTTP management API and the CLI (through ZeroMQ) all end here. Each handler takes the
+``Runtime`` and a request struct and returns the request's result struct, or raises an
+``AgentError`` whose ``code`` and one-line message become the error reply. Blocking work (Hub calls,
+disk scans) runs in a thread, so the event loop keeps answering pings and HTTP requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import TYPE_CHECKING
+
+from agent import __version__, hub
+from agent.errors import AgentError, BadRequestError
+from agent.hardware import hardware_info
+from agent.variants import InvalidNameError, VariantKey, normalize_device, normalize_quantization, validate_model_id
+from ipc.messages import (
+    Activate,
+    AnyRequest,
+    CancelDownload,
+    Cancelled,
+    Delete,
+    Deleted,
+    Download,
+    Hardware,
+    HardwareInfo,
+    ImportModel,
+    InstalledResult,
+    JobAccepted,
+    ListInstalled,
+    Message,
+    ModelFiles,
+    ModelFilesResult,
+    ModelsChanged,
+    Ping,
+    PingResult,
+    Search,
+    SearchResult,
+    Shutdown,
+    ShuttingDown,
+    Status,
+    StatusResult,
+)
+
+if TYPE_CHECKING:
+    from agent.runtime import Runtime
+
+
+def _names(fn):  # type: ignore[no-untyped-def]
+    """Turn ``InvalidNameError`` (a ValueError) into a ``bad_request`` with the same message."""
+
+    async def wrapper(rt: Runtime, req):  # type: ignore[no-untyped-def]
+        try:
+            return await fn(rt, req)
+        except InvalidNameError as exc:
+            raise BadRequestError(str(exc)) from None
+
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+async def ping(rt: Runtime, req: Ping) -> PingResult:
+    """Answer at once: liveness and the worker's session id (it changes on restart)."""
+    return PingResult(session=rt.session, pid=os.getpid(), version=__version__)
+
+
+async def status(rt: Runtime, req: Status) -> StatusResult:
+    """The worker's state now: active model and its load state, loaded models, running downloads."""
+    pool = rt.pool.status()
+    return StatusResult(
+        session=rt.session,
+        pid=os.getpid(),
+        version=__version__,
+        uptime_s=time.time() - rt.started,
+        http_url=rt.http_url,
+        home=str(rt.paths.home),
+        active=pool.active,
+        activating=pool.activating,
+        loaded=list(pool.loaded),
+        model_state=pool.model_state,
+        model_error=pool.error,
+        provider=pool.provider,
+        downloads=rt.downloads.running(),
+        warnings=list(rt.warnings),
+    )
+
+
+async def search(rt: Runtime, req: Search) -> SearchResult:
+    """Hub search for ONNX text-generation models (curated list for an empty query)."""
+    if not 1 <= req.limit <= 200:
+        raise BadRequestError(f"limit must be between 1 and 200, got {req.limit}")
+    models = await asyncio.to_thread(hub.search, req.query.strip(), req.limit)
+    return SearchResult(query=req.query, models=models)
+
+
+@_names
+async def model_files(rt: Runtime, req: ModelFiles) -> ModelFilesResult:
+    """The quantizations a repo offers, each with its files and download size."""
+    model_id = validate_model_id(req.model_id)
+    installed = [e.quantization for e in rt.store.list() if e.model_id == model_id and e.status == "ready"]
+    return await asyncio.to_thread(hub.model_files, model_id, req.revision, installed)
+
+
+async def list_installed(rt: Runtime, req: ListInstalled) -> InstalledResult:
+    """Every variant in the store, with the active one marked."""
+    return InstalledResult(models=rt.store.installed())
+
+
+@_names
+async def download(rt: Runtime, req: Download) -> JobAccepted:
+    """Start or join the download of a variant; replies at once with the job id."""
+    models = rt.settings.models
+    model_id = validate_model_id(req.model_id)
+    quant = normalize_quantization(req.quantization or models.default_quantization)
+    device = normalize_device(req.device or models.default_device)
+    job, existing = await asyncio.to_thread(rt.downloads.start, model_id, quant, device, req.revision)
+    return JobAccepted(job_id=job.job_id, key=job.key, existing=existing)
+
+
+async def cancel_download(rt: Runtime, req: CancelDownload) -> Cancelled:
+    """Cancel a running download; what was fetched stays on disk for a later resume."""
+    if not req.job_id and not req.key:
+        raise BadRequestError("cancel_download needs a job_id or a key")
+    key = str(VariantKey.parse(req.key)) if req.key else None
+    job = await asyncio.to_thread(rt.downloads.cancel, req.job_id, key)
+    return Cancelled(job_id=job.job_id, key=job.key)
+
+
+@_names
+async def delete(rt: Runtime, req: Delete) -> Deleted:
+    """Delete a variant and the files no other variant uses; a running download of it is cancelled
+    first, and if it was the active model no model is active afterwards."""
+    key = str(VariantKey.parse(req.key))
+    rt.store.require(key)
+    await rt.pool.forget(key)
+    freed = await asyncio.to_thread(rt.downloads.delete, key)
+    rt.publish(ModelsChanged(keys=[e.key for e in rt.store.list()]))
+    return Deleted(key=key, freed_bytes=freed)
+
+
+@_names
+async def activate(rt: Runtime, req: Activate) -> JobAccepted:
+    """Make a ready variant active (remembered) and load it in the background."""
+    entry = rt.store.lookup(req.key)
+    if entry.status != "ready":
+        raise AgentError(f"{entry.key} is not ready ({entry.status}{': ' + entry.error if entry.error else ''})", code="conflict")
+    job_id = rt.activate(entry.key)
+    return JobAccepted(job_id=job_id, key=entry.key)
+
+
+async def import_model(rt: Runtime, req: ImportModel) -> JobAccepted:
+    """Convert a local GGUF / checkpoint / ONNX folder into installed variants (a background job)."""
+    job_id, key = await rt.imports.start(req.path, req.quantizations, req.model_id)
+    return JobAccepted(job_id=job_id, key=key)
+
+
+async def hardware(rt: Runtime, req: Hardware) -> HardwareInfo:
+    """What this machine offers, and which device ``auto`` picks and why."""
+    return await asyncio.to_thread(hardware_info, rt.paths)
+
+
+async def shutdown(rt: Runtime, req: Shutdown) -> ShuttingDown:
+    """Stop after this reply has gone out."""
+    asyncio.get_running_loop().call_later(0.05, rt.stop.set)
+    return ShuttingDown(pid=os.getpid())
+
+
+async def dispatch(rt: Runtime, req: AnyRequest) -> Message:
+    match req:
+        case Ping():
+            return await ping(rt, req)
+        case Status():
+            return await status(rt, req)
+        case Search():
+            return await search(rt, req)
+        case ModelFiles():
+            return await model_files(rt, req)
+        case ListInstalled():
+            return await list_installed(rt, req)
+        case Download():
+            return await download(rt, req)
+        case CancelDownload():
+            return await cancel_download(rt, req)
+        case Delete():
+            return await delete(rt, req)
+        case Activate():
+            return await activate(rt, req)
+        case ImportModel():
+            return await import_model(rt, req)
+        case Hardware():
+            return await hardware(rt, req)
+        case Shutdown():
+            return await shutdown(rt, req)
+    raise BadRequestError(f"unsupported request {type(req).__name__}")

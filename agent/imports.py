@@ -1,0 +1,244 @@
+"""``hflocal import PATH``: local models into installed variants, as background jobs.
+
+Three sources are understood:
+
+- a **GGUF file** of a llama-family model: converted without torch (``agent.convert.gguf_import``),
+  4-bit GGUF blocks mapped straight into MatMulNBits for q4;
+- an **ONNX folder** in the onnx-community layout (``config.json``, tokenizer files, ``onnx/model*.onnx``):
+  copied (hard-linked where possible) so the user's folder can go away;
+- a **Hugging Face checkpoint folder** (``config.json`` + safetensors): exported with optimum, which
+  needs the ``convert`` extra (torch); without it the job fails at once saying what to install.
+
+Results land in ``Paths.imported/<org>/<name>/`` and become store entries with ``source="import"``.
+A failed import leaves no entry and no half-written folder behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import shutil
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.errors import AgentError, BadRequestError, QuantNotOfferedError, UnsupportedError
+from agent.hub import offered_quantizations, select_files
+from agent.store import new_entry, utc_now
+from agent.variants import VariantKey, normalize_quantization, validate_model_id
+from ipc.messages import ImportFailed, ImportFinished, ImportProgress, ModelsChanged
+
+if TYPE_CHECKING:
+    from agent.runtime import Runtime
+
+log = logging.getLogger("hflocal.imports")
+
+CONVERT_HINT = (
+    "converting a checkpoint needs the conversion extra: "
+    "pip install 'hflocal[convert]' -c constraints.txt (it installs torch 2.13.0 CPU and optimum)"
+)
+
+
+class MissingExtraError(AgentError):
+    code = "missing_extra"
+
+
+def slug(text: str) -> str:
+    """A model-id-safe name part from free text (a GGUF's ``general.name`` or a file name)."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    return (cleaned or "model")[:80]
+
+
+def detect_kind(path: Path) -> str:
+    """``gguf`` | ``onnx`` | ``checkpoint``; raises ``UnsupportedError`` naming what is accepted."""
+    if path.is_file():
+        with open(path, "rb") as f:
+            if f.read(4) == b"GGUF":
+                return "gguf"
+        raise UnsupportedError(f"{path} is not a GGUF file; import accepts a .gguf file, an ONNX folder or a checkpoint folder")
+    if path.is_dir():
+        names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+        if offered_quantizations(names):
+            if "config.json" not in names:
+                raise UnsupportedError(f"{path} has ONNX files but no config.json")
+            return "onnx"
+        if "config.json" in names and any(n.endswith((".safetensors", ".bin")) for n in names):
+            return "checkpoint"
+        raise UnsupportedError(
+            f"{path} holds neither onnx/model*.onnx with config.json nor a checkpoint (config.json + *.safetensors)"
+        )
+    raise BadRequestError(f"{path} does not exist")
+
+
+class Imports:
+    """Runs import jobs in threads and reports them as ``import.*`` events."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._threads: dict[str, threading.Thread] = {}
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    async def start(self, path_text: str, quantizations: list[str], model_id: str | None) -> tuple[str, str]:
+        """Check the request and start the job; returns ``(job_id, key of the first variant)``."""
+        path = Path(path_text).expanduser()
+        if not path.is_absolute():
+            raise BadRequestError(f"import needs an absolute path, got {path_text!r}")
+        path = path.resolve()
+        kind = await asyncio.to_thread(detect_kind, path)
+        quants = [normalize_quantization(q) for q in quantizations] or ["q4"]
+        if kind == "gguf":
+            summary = await asyncio.to_thread(_inspect, path)
+            default_name = summary.name or path.stem
+        else:
+            default_name = path.name
+        if kind == "checkpoint" and not _has_converter():
+            raise MissingExtraError(CONVERT_HINT)
+        if kind == "onnx":
+            names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+            offered = offered_quantizations(names)
+            if not quantizations:
+                quants = offered
+            missing = [q for q in quants if q not in offered]
+            if missing:
+                raise QuantNotOfferedError(
+                    f"{path} does not contain {', '.join(missing)}; it has {', '.join(offered)}"
+                )
+        model_id = validate_model_id(model_id) if model_id else f"local/{slug(default_name)}"
+        key = str(VariantKey.make(model_id, quants[0], "auto"))
+        with self._lock:
+            if model_id in self._busy:
+                raise AgentError(f"{model_id} is already being imported", code="conflict")
+            self._busy.add(model_id)
+        job_id = uuid.uuid4().hex[:12]
+        thread = threading.Thread(
+            target=self._run, args=(job_id, kind, path, model_id, list(dict.fromkeys(quants))),
+            name=f"import-{job_id}", daemon=True,
+        )
+        self._threads[job_id] = thread
+        thread.start()
+        return job_id, key
+
+    def _progress(self, job_id: str) -> Callable[[str, int, int], None]:
+        last = [0.0]
+
+        def report(stage: str, done: int, total: int) -> None:
+            import time
+
+            now = time.monotonic()
+            if done in (0, total) or now - last[0] >= 0.2:
+                last[0] = now
+                self.rt.publish(ImportProgress(job_id=job_id, stage=stage, done=done, total=total))
+
+        return report
+
+    def _run(self, job_id: str, kind: str, source: Path, model_id: str, quants: list[str]) -> None:
+        org, name = model_id.split("/", 1)
+        final = self.rt.paths.imported / org / name
+        staging = final.with_name(f".{name}.importing-{job_id}")
+        report = self._progress(job_id)
+        try:
+            if kind == "gguf":
+                from agent.convert.gguf_import import import_gguf
+
+                import_gguf(source, staging, quants, report)  # type: ignore[arg-type]
+            elif kind == "onnx":
+                _copy_onnx_folder(source, staging, quants, report)
+            else:
+                from agent.convert.checkpoint import export_checkpoint  # type: ignore[import-not-found]
+
+                export_checkpoint(source, staging, quants, report)
+            keys = self._install(model_id, staging, final, quants)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an import.failed event
+            shutil.rmtree(staging, ignore_errors=True)
+            code = getattr(exc, "code", None) or ("unsupported" if isinstance(exc, ValueError) else "internal")
+            message = str(exc) if code != "internal" else f"{type(exc).__name__}: {exc}"
+            if code == "internal":
+                log.exception("import of %s failed", source)
+            self.rt.publish(ImportFailed(job_id=job_id, code=code, message=message))
+            return
+        finally:
+            with self._lock:
+                self._busy.discard(model_id)
+        self.rt.publish(ImportFinished(job_id=job_id, keys=keys))
+        self.rt.publish(ModelsChanged(keys=[e.key for e in self.rt.store.list()]))
+
+    def _install(self, model_id: str, staging: Path, final: Path, quants: list[str]) -> list[str]:
+        """Swap the finished folder into place and record one entry per quantization."""
+        store = self.rt.store
+        keys = [str(VariantKey.make(model_id, q, "auto")) for q in quants]
+        for key in keys:
+            if store.get(key) is not None:
+                self.rt.pool_forget_threadsafe(key)
+        if final.exists():
+            # Re-import over an earlier one: keep variants of it that this import does not replace.
+            for item in final.rglob("*"):
+                rel = item.relative_to(final)
+                target = staging / rel
+                if item.is_file() and not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    os.link(item, target) if _same_fs(item, staging) else shutil.copy2(item, target)
+            old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:6]}")
+            final.rename(old)
+            staging.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(final)
+        names = {p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()}
+        for quant in quants:
+            files = select_files(names, quant)
+            size = sum((final / f).stat().st_size for f in files)
+            store.put(
+                new_entry(
+                    model_id, quant, "auto", path=str(final), files=files, size=size,
+                    status="ready", source="import", downloaded_at=utc_now(), commit=None,
+                )
+            )
+        return keys
+
+    async def close(self) -> None:
+        for thread in list(self._threads.values()):
+            await asyncio.to_thread(thread.join, 30)
+
+
+def _inspect(path: Path):  # type: ignore[no-untyped-def]
+    from agent.convert.gguf_import import UnsupportedModelError, inspect_gguf
+
+    try:
+        return inspect_gguf(path)
+    except UnsupportedModelError as exc:
+        raise UnsupportedError(str(exc)) from None
+
+
+def _has_converter() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("torch", "optimum.exporters.onnx"))
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_dev == b.parent.stat().st_dev
+    except OSError:
+        return False
+
+
+def _copy_onnx_folder(source: Path, dest: Path, quants: list[str], report: Callable[[str, int, int], None]) -> None:
+    """Copy what the chosen variants need; hard links when on the same disk (instant, no space)."""
+    names = {p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file()}
+    wanted = list(dict.fromkeys(f for q in quants for f in select_files(names, q)))
+    dest.mkdir(parents=True, exist_ok=True)
+    for i, rel in enumerate(wanted):
+        report("copy", i, len(wanted))
+        src, dst = source / rel, dest / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+    report("copy", len(wanted), len(wanted))

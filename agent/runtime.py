@@ -1,0 +1,184 @@
+"""The worker's parts, put together once: store, downloads, imports, model pool and the HTTP app.
+
+``Runtime`` owns their lifetimes; the request server and the HTTP management routes both call
+``Runtime.handle``, which dispatches to ``agent.handlers`` (one capability, written once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent.downloads import Downloads
+from agent.engine.model import load_model
+from agent.errors import AgentError
+from agent.handlers import dispatch
+from agent.imports import Imports
+from agent.paths import Paths
+from agent.pool import ModelPool, ModelUnavailableError, ResolvedVariant, UnknownModelError
+from agent.settings import Settings
+from agent.store import Store, VariantEntry
+from agent.variants import InvalidNameError
+from ipc.messages import Event, Message, ModelActivated, Request, WorkerStatus
+
+
+def _created(entry: VariantEntry) -> int:
+    if not entry.downloaded_at:
+        return 0
+    try:
+        return int(datetime.strptime(entry.downloaded_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp())
+    except ValueError:
+        return 0
+
+
+def _resolved(entry: VariantEntry) -> ResolvedVariant:
+    return ResolvedVariant(
+        key=entry.key,
+        model_id=entry.model_id,
+        path=Path(entry.path),
+        quantization=entry.quantization,
+        device=entry.device,
+        created=_created(entry),
+    )
+
+
+class StoreCatalog:
+    """The pool's view of the store: names to ready variants (``agent.pool.Catalog``)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def resolve(self, name: str) -> ResolvedVariant:
+        try:
+            entry = self.store.lookup(name)
+        except (AgentError, InvalidNameError):
+            raise UnknownModelError(name) from None
+        if entry.status != "ready":
+            detail = f": {entry.error}" if entry.error else ""
+            raise ModelUnavailableError(f"{entry.key} is installed but {entry.status}{detail}")
+        return _resolved(entry)
+
+    def installed(self) -> list[ResolvedVariant]:
+        return [_resolved(e) for e in self.store.list() if e.status == "ready"]
+
+log = logging.getLogger("hflocal.runtime")
+
+
+class Runtime:
+    def __init__(
+        self,
+        paths: Paths,
+        settings: Settings,
+        publish: Callable[[Event], None],
+        *,
+        session: str,
+        http_url: str,
+        started: float,
+        stop: asyncio.Event,
+    ) -> None:
+        self.paths = paths
+        self.settings = settings
+        self.publish = publish
+        self.session = session
+        self.http_url = http_url
+        self.started = started
+        self.stop = stop
+        self.warnings: list[str] = []
+        self.store = Store(paths)
+        self.warnings.extend(self.store.warnings)
+        for warning in self.store.warnings:
+            log.warning("%s", warning)
+        self.downloads = Downloads(self.store, paths, settings, publish)
+        self.imports = Imports(self)
+        self.pool = ModelPool(
+            StoreCatalog(self.store),
+            load_model,
+            settings.models,
+            publish,
+            active=self.store.active,
+            on_active=self._remember_active,
+        )
+        self._loop = asyncio.get_running_loop()
+        self._serving = False
+
+    # ------------------------------------------------------------------ requests
+
+    async def handle(self, request: Request) -> Message:
+        return await dispatch(self, request)  # type: ignore[arg-type]
+
+    def activate(self, key: str) -> str:
+        """Load ``key`` in the background and make it active once loaded (remembered across restarts);
+        returns the job id its ``model.*`` events carry. If the load fails the previous model stays."""
+        job_id = uuid.uuid4().hex[:12]
+        task = asyncio.ensure_future(self._load_active(key, job_id))
+        task.add_done_callback(_log_task_error)
+        return job_id
+
+    def pool_forget_threadsafe(self, key: str, timeout: float = 30.0) -> None:
+        """From a worker thread: make the pool forget ``key`` and wait until it has."""
+        future = asyncio.run_coroutine_threadsafe(self.pool.forget(key), self._loop)
+        future.result(timeout)
+
+    def _remember_active(self, key: str) -> None:
+        self.store.set_active(key)
+        self.publish(ModelActivated(key=key))
+
+    async def _load_active(self, key: str, job_id: str) -> None:
+        try:
+            await self.pool.activate(key, job_id=job_id)
+        except Exception as exc:  # noqa: BLE001 - the pool already published model.failed
+            log.warning("could not load %s: %s", key, exc)
+
+    def worker_status(self) -> WorkerStatus:
+        pool = self.pool.status()
+        return WorkerStatus(
+            pid=os.getpid(),
+            state="ready" if self._serving else "starting",
+            active=pool.active,
+            model_state=pool.model_state,
+            downloads=len(self.downloads.running()),
+            http_url=self.http_url,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def serve_http(self, sock: socket.socket, stop: asyncio.Event) -> None:
+        from agent.http.app import create_app, serve_http
+
+        host, port = sock.getsockname()[:2]
+        app = create_app(self.pool, self.settings)
+        await serve_http(app, host, port, stop, sock=sock)
+
+    def started_serving(self) -> None:
+        """Called once clients can connect: resume interrupted downloads, load the active model."""
+        self._serving = True
+        if self.settings.hub.resume_on_start:
+            for job in self.downloads.resume_interrupted():
+                log.info("resuming the download of %s", job.key)
+        active = self.store.active
+        if active is not None:
+            entry = self.store.get(active)
+            if entry is not None and entry.status == "ready":
+                self.activate(active)
+            else:
+                self.warnings.append(f"the remembered active model {active} is not installed any more")
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.downloads.shutdown)
+        await self.imports.close()
+        await self.pool.close()
+
+
+def _log_task_error(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())
+
+
+__all__ = ["Runtime", "StoreCatalog"]
