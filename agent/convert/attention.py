@@ -42,9 +42,7 @@ class AttentionLayout(Protocol):
     def prepare(self, g: GraphBuilder, shape: LlamaShape, inputs: DecoderInputs) -> None:
         """Add the graph-level tensors this layout needs (called once, before the first layer)."""
 
-    def layer(
-        self, g: GraphBuilder, shape: LlamaShape, index: int, qkv: ProjectedQKV, past: tuple[str, str]
-    ) -> str:
+    def layer(self, g: GraphBuilder, shape: LlamaShape, index: int, qkv: ProjectedQKV, past: tuple[str, str]) -> str:
         """Return the attention output ``[B, S, heads*head_dim]`` (before o_proj); the layer's
         cache outputs must be named ``present.{index}.key`` / ``.value``."""
 
@@ -89,13 +87,13 @@ class OptimumAttention:
             bias = g.op("Tile", [bias, g.const([1, 1, shape.kv_groups, 1])], name="/mask/Tile")
         self._bias = bias
 
-    def layer(
-        self, g: GraphBuilder, shape: LlamaShape, index: int, qkv: ProjectedQKV, past: tuple[str, str]
-    ) -> str:
+    def layer(self, g: GraphBuilder, shape: LlamaShape, index: int, qkv: ProjectedQKV, past: tuple[str, str]) -> str:
         p = f"/model/layers.{index}/attn"
         nh, kv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
         if qkv.fused is not None:
-            qk, v = g.op("Split", [qkv.fused, g.const([(nh + kv) * hd, kv * hd])], name=f"{p}/Split", outputs=2, axis=-1)
+            qk, v = g.op(
+                "Split", [qkv.fused, g.const([(nh + kv) * hd, kv * hd])], name=f"{p}/Split", outputs=2, axis=-1
+            )
         else:
             assert qkv.q and qkv.k and qkv.v
             qk = g.op("Concat", [qkv.q, qkv.k], name=f"{p}/Concat", axis=-1)

@@ -31,9 +31,9 @@ from agent.convert.gguf_weights import (
     tensor_shape,
 )
 from agent.convert.llama_graph import write_llama_onnx
-from agent.convert.weight_forms import QUANT_FILES, Quant
 from agent.convert.llama_shape import LlamaShape, RopeScaling
 from agent.convert.repo_files import write_model_configs, write_tokenizer_files
+from agent.convert.weight_forms import QUANT_FILES, Quant
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 Progress = Callable[[str, int, int], None]
@@ -191,6 +191,15 @@ def _open(path: Path) -> GGUFReader:
         raise UnsupportedModelError(f"{path.name} is not a readable GGUF file: {exc}") from exc
 
 
+def _relay(report: Progress, stage: str, total: int) -> Progress:
+    """The builder counts layers; report them under this import's stage name and total."""
+
+    def relay(_stage: str, done: int, _total: int) -> None:
+        report(stage, done, total)
+
+    return relay
+
+
 def inspect_gguf(path: Path | str) -> GGUFSummary:
     """Read the header; raise :class:`UnsupportedModelError` if the importer cannot convert it."""
     path = Path(path)
@@ -258,7 +267,7 @@ def import_gguf(
             quant,
             accuracy_level=accuracy_level,
             head_bits=head_bits,
-            progress=lambda _s, done, _t, stage=stage, total=total: report(stage, done, total),
+            progress=_relay(report, stage, total),
         )
         files[quant] = path
         data = path.with_name(path.name + "_data")

@@ -60,7 +60,8 @@ PRE_TOKENIZERS: dict[str, tuple[Callable[[], pre_tokenizers.PreTokenizer], bool]
 
 
 def _field(fields: dict[str, Any], key: str, default: Any = None) -> Any:
-    return fields[key] if key in fields else default
+    value = fields.get(key)
+    return default if value is None else value
 
 
 def build_tokenizer(
@@ -87,7 +88,7 @@ def build_tokenizer(
     for i, t in enumerate(tokens):
         vocab.setdefault(t, i)  # a duplicated piece keeps its first id, as llama.cpp's lookup does
     make_pre, ignore_merges = PRE_TOKENIZERS[pre]
-    tok = Tokenizer(models.BPE(vocab, merges, ignore_merges=ignore_merges))  # type: ignore[arg-type]
+    tok = Tokenizer(models.BPE(vocab, merges, ignore_merges=ignore_merges))
     tok.pre_tokenizer = make_pre()
     tok.decoder = decoders.ByteLevel()
 

@@ -19,9 +19,9 @@ import numpy as np
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader, ReaderTensor, quants
 
-from agent.convert.weight_forms import Weight
 from agent.convert.llama_shape import LlamaShape
 from agent.convert.quantize import BlockQuantized, pack_codes
+from agent.convert.weight_forms import Weight
 
 PASSTHROUGH_TYPES = frozenset({QT.Q4_0, QT.Q4_1, QT.Q8_0})
 DIRECT_TYPES = frozenset({QT.F32, QT.F16, QT.BF16, QT.Q4_0, QT.Q4_1, QT.Q8_0})

@@ -100,7 +100,7 @@ class GraphBuilder:
         self.initializers.append(header)
         return name
 
-    def const(self, array: np.ndarray | list[int] | list[float], dtype: Any = np.int64) -> str:
+    def const(self, array: Any, dtype: Any = np.int64) -> str:
         """A small constant, shared between identical uses."""
         arr = np.asarray(array, dtype=dtype)
         key = (arr.dtype.str, arr.tobytes(), arr.shape)

@@ -35,7 +35,9 @@ class LinearEmitter:
         init = self.g.initializer(name, np.asarray(w).astype(np.float16))
         return str(self.g.op("Cast", [init], name=f"/{name}/Cast", to=TensorProto.FLOAT))
 
-    def matmul_nbits(self, x: str, w: BlockQuantized, name: str, *, qweight: str | None = None, output: str | None = None) -> str:
+    def matmul_nbits(
+        self, x: str, w: BlockQuantized, name: str, *, qweight: str | None = None, output: str | None = None
+    ) -> str:
         """``MatMulNBits`` over ``w``; ``qweight`` reuses an existing code initializer (tied head)."""
         g = self.g
         level = AUTO_ACCURACY[w.bits] if self.accuracy_level is None else self.accuracy_level
@@ -49,11 +51,17 @@ class LinearEmitter:
         attrs = {"K": w.k, "N": w.n, "bits": w.bits, "block_size": w.block_size, "accuracy_level": level}
         if not float_zp:
             outputs = [output] if output else 1
-            return str(g.op("MatMulNBits", inputs, name=f"/{name}/MatMulNBits", outputs=outputs, domain=MS_DOMAIN, **attrs))
+            return str(
+                g.op("MatMulNBits", inputs, name=f"/{name}/MatMulNBits", outputs=outputs, domain=MS_DOMAIN, **attrs)
+            )
         y = g.op("MatMulNBits", inputs, name=f"/{name}/MatMulNBits", domain=MS_DOMAIN, **attrs)
         assert w.zero_points is not None
         offsets = -(w.zero_points.astype(np.float32) * w.scales)  # [N, blocks]: the block's "m"
-        corr = g.op("MatMul", [self.block_sums(x, w), g.initializer(f"{name}.offsets_t", offsets.T.copy())], name=f"/{name}/offsets/MatMul")
+        corr = g.op(
+            "MatMul",
+            [self.block_sums(x, w), g.initializer(f"{name}.offsets_t", offsets.T.copy())],
+            name=f"/{name}/offsets/MatMul",
+        )
         return str(g.op("Add", [y, corr], name=f"/{name}/offsets/Add", outputs=[output] if output else 1))
 
     def block_sums(self, x: str, w: BlockQuantized) -> str:
@@ -64,7 +72,9 @@ class LinearEmitter:
                 raise ValueError("float zero points need K to be a multiple of the block size")
             g = self.g
             blocks = g.op("Reshape", [x, g.const([0, 0, w.blocks, w.block_size])], name="/block_sums/Reshape")
-            self._block_sums[key] = str(g.op("ReduceSum", [blocks, g.const([-1])], name="/block_sums/ReduceSum", keepdims=0))
+            self._block_sums[key] = str(
+                g.op("ReduceSum", [blocks, g.const([-1])], name="/block_sums/ReduceSum", keepdims=0)
+            )
         return self._block_sums[key]
 
     def linear(self, x: str, w: Weight, name: str) -> str:
@@ -74,8 +84,9 @@ class LinearEmitter:
 
     def fused(self, x: str, parts: list[Weight], name: str) -> str | list[str]:
         """One projection over row-stacked weights when their layouts allow it, else one per part."""
-        if all(not isinstance(p, BlockQuantized) for p in parts):
-            return self.linear(x, np.concatenate(parts), name)
+        floats = [p for p in parts if not isinstance(p, BlockQuantized)]
+        if len(floats) == len(parts):
+            return self.linear(x, np.concatenate(floats), name)
         blocks = [p for p in parts if isinstance(p, BlockQuantized)]
         if len(blocks) == len(parts) and can_concat_rows(blocks):
             return self.linear(x, concat_rows(blocks), name)

@@ -64,7 +64,9 @@ def build_llama_model(
     """The decoder graph as one in-memory proto (for inspection; :func:`write_llama_onnx` writes
     files faster and streams large models). ``head_bits``: lm_head/embedding form (4, 8, 16, 32;
     default per quant in ``weight_forms.DEFAULT_HEAD_BITS``)."""
-    return _build(GraphBuilder("llama_decoder"), shape, weights, quant, accuracy_level, head_bits, attention, progress).model()
+    return _build(
+        GraphBuilder("llama_decoder"), shape, weights, quant, accuracy_level, head_bits, attention, progress
+    ).model()
 
 
 def _build(
@@ -147,11 +149,11 @@ class _Decoder:
         self._table = ""  # float embedding initializer (a tied float head reuses it)
         self._shared_codes = ""  # lm_head code initializer the quantized embedding also gathers from
 
-    def _norm(self, x: str, weight: np.ndarray, name: str) -> str:
+    def _norm(self, x: str, weight: Weight, name: str) -> str:
         """RMSNorm in plain opset-17 ops, in the exact pattern onnxruntime fuses into one
         SimplifiedLayerNormalization kernel (that op itself is not valid ONNX for the checker)."""
         g, p = self.g, f"/{name}"
-        w = g.initializer(f"{name}.weight", np.asarray(weight, np.float32))
+        w = g.initializer(f"{name}.weight", as_float(weight))
         sq = g.op("Pow", [x, g.const(2.0, np.float32)], name=f"{p}/Pow")
         mean = g.op("ReduceMean", [sq], name=f"{p}/ReduceMean", axes=[-1], keepdims=1)
         eps = g.op("Add", [mean, g.const(float(self.shape.rms_norm_eps), np.float32)], name=f"{p}/Add")
@@ -213,7 +215,11 @@ class _Decoder:
             )
             return str(g.op("Reshape", [out, g.const([0, 0, s.hidden_size])], name=f"/{name}/Reshape"))
         q = embedding_blocks(embed, head, head.bits)
-        inputs = [g.initializer(f"{name}.qweight", q.data.reshape(q.n, -1)), ids, g.initializer(f"{name}.scales", q.scales)]
+        inputs = [
+            g.initializer(f"{name}.qweight", q.data.reshape(q.n, -1)),
+            ids,
+            g.initializer(f"{name}.scales", q.scales),
+        ]
         if q.zero_points is not None:
             inputs.append(g.initializer(f"{name}.qzeros", q.zero_points))
         return str(
@@ -268,7 +274,9 @@ class _Decoder:
         h = self._norm(x, weights[f"{p}.post_attention_layernorm.weight"], f"{p}.post_attention_layernorm")
         out = lin.fused(h, [w("mlp.gate_proj"), w("mlp.up_proj")], f"{p}.mlp.gate_up_proj")
         if isinstance(out, str):
-            gate, up = g.op("Split", [out, g.const([s.intermediate_size] * 2)], name=f"/{p}/mlp/Split", outputs=2, axis=-1)
+            gate, up = g.op(
+                "Split", [out, g.const([s.intermediate_size] * 2)], name=f"/{p}/mlp/Split", outputs=2, axis=-1
+            )
         else:
             gate, up = out
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"/{p}/mlp/Sigmoid")], name=f"/{p}/mlp/Mul")

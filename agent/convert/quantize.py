@@ -118,7 +118,7 @@ def concat_rows(parts: Sequence[BlockQuantized]) -> BlockQuantized:
     if not can_concat_rows(parts):
         raise ValueError("blocks of different layouts cannot be concatenated")
     first = parts[0]
-    zp = None if first.zero_points is None else np.concatenate([p.zero_points for p in parts])  # type: ignore[misc]
+    zp = None if first.zero_points is None else np.concatenate([p.zero_points for p in parts])
     return BlockQuantized(
         first.bits,
         first.block_size,

@@ -92,8 +92,11 @@ def write_model_configs(
 ) -> None:
     """``config.json`` and ``generation_config.json``."""
     repo.mkdir(parents=True, exist_ok=True)
-    ids = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
-    write_json(repo / "config.json", config_dict(shape, **ids, extra=extra))
+    ids: dict[str, Any] = {"bos_token_id": bos_token_id, "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+    config = config_dict(
+        shape, bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id, extra=extra
+    )
+    write_json(repo / "config.json", config)
     generation = {k: v for k, v in ids.items() if v is not None}
     write_json(repo / "generation_config.json", {**generation, "transformers_version": TRANSFORMERS_VERSION})
 
@@ -114,13 +117,13 @@ def write_tokenizer_files(repo: Path, tokenizer: Tokenizer, spec: TokenizerSpec)
         str(i): {**_token_entry(t.content), "lstrip": t.lstrip, "rstrip": t.rstrip, "special": t.special}
         for i, t in sorted(added.items())
     }
-    named = {
+    candidates = {
         "bos_token": spec.bos_token,
         "eos_token": spec.eos_token,
         "pad_token": spec.pad_token,
         "unk_token": spec.unk_token,
     }
-    named = {k: v for k, v in named.items() if v is not None}
+    named = {k: v for k, v in candidates.items() if v is not None}
     extra_special = [t.content for _, t in sorted(added.items()) if t.special and t.content not in named.values()]
     config: dict[str, Any] = {
         "add_bos_token": spec.add_bos_token,

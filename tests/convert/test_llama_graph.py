@@ -12,13 +12,13 @@ import pytest
 from jinja2 import Template
 
 from agent.convert.llama_graph import QUANT_FILES, build_llama_model, write_llama_onnx
-from agent.convert.weight_forms import effective_weights
 from agent.convert.llama_shape import LlamaShape, RopeScaling, rope_inv_freq
+from agent.convert.weight_forms import Quant, effective_weights
 from tests.fakes import reference
 from tests.fakes.decoder import Decoder
 from tests.fakes.tiny_model import CORPUS, TinyModel, build_tiny_repo, random_weights, tiny_shape
 
-ALL_QUANTS = ("fp32", "fp16", "q8", "q4")
+ALL_QUANTS: tuple[Quant, ...] = ("fp32", "fp16", "q8", "q4")
 ATOL = 2e-4  # float32 graph vs float64 reference; measured max |diff| ~2e-5 on logits of size ~6
 
 
@@ -103,10 +103,10 @@ def test_fp32_prefill_matches_reference(tiny: TinyModel, decoders: dict[str, Dec
 
 
 @pytest.mark.parametrize("quant", ALL_QUANTS)
-def test_cached_decoding_matches_reference(tiny: TinyModel, exact_decoders: dict[str, Decoder], quant: str) -> None:
+def test_cached_decoding_matches_reference(tiny: TinyModel, exact_decoders: dict[str, Decoder], quant: Quant) -> None:
     """Prefill, a 3-token chunk, then single tokens: every step equals the uncached reference run on
     the weights that variant effectively holds, so the KV cache adds no error at all."""
-    weights = effective_weights(tiny.shape, tiny.weights, quant)  # type: ignore[arg-type]
+    weights = effective_weights(tiny.shape, tiny.weights, quant)
     ids = tiny.encode(CORPUS[1])
     chunks = [ids[:7], ids[7:10], *([t] for t in ids[10:16])]
     past = None
@@ -156,7 +156,9 @@ def test_masked_position_is_invisible(tiny: TinyModel, decoders: dict[str, Decod
     keep = [i for i in range(len(ids)) if i != hole]
     want, _ = dec.step(np.array([ids])[:, keep], position_ids=pos[:, keep])
     assert np.abs(logits[0, -1] - want[0, -1]).max() < 1e-4
-    assert np.abs(logits[0, -1] - reference.forward(tiny.shape, tiny.weights, np.array([ids]), mask)[0, -1]).max() < ATOL
+    assert (
+        np.abs(logits[0, -1] - reference.forward(tiny.shape, tiny.weights, np.array([ids]), mask)[0, -1]).max() < ATOL
+    )
 
     # One more token through the cache: the masked entry stays masked.
     step, _ = dec.step(np.array([[7]]), past, attention_mask=np.c_[mask, [[1]]], position_ids=np.array([[len(ids)]]))
@@ -196,8 +198,8 @@ def test_saved_file_equals_the_in_memory_model(tmp_path: Path) -> None:
     shape = tiny_shape(400)
     weights = random_weights(shape, seed=2)
     for quant in ("fp32", "q4"):
-        built = build_llama_model(shape, weights, quant)  # type: ignore[arg-type]
-        loaded = onnx.load(str(write_llama_onnx(shape, weights, tmp_path, quant)))  # type: ignore[arg-type]
+        built = build_llama_model(shape, weights, quant)
+        loaded = onnx.load(str(write_llama_onnx(shape, weights, tmp_path, quant)))
         as_dict = lambda m: {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}  # noqa: E731
         want, got = as_dict(built), as_dict(loaded)
         assert want.keys() == got.keys()
@@ -233,8 +235,15 @@ def test_rope_scaling(tmp_path: Path, scaling: RopeScaling) -> None:
 def test_llama3_frequencies_follow_transformers_formula() -> None:
     """Long wavelengths divided by the factor, short ones kept, the band between interpolated."""
     shape = LlamaShape(
-        vocab_size=8, hidden_size=64, intermediate_size=64, num_layers=1, num_heads=1, num_kv_heads=1,
-        head_dim=64, rope_theta=500000.0, rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192),
+        vocab_size=8,
+        hidden_size=64,
+        intermediate_size=64,
+        num_layers=1,
+        num_heads=1,
+        num_kv_heads=1,
+        head_dim=64,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 8192),
     )
     plain = rope_inv_freq(LlamaShape(**{**shape.__dict__, "rope_scaling": None}))
     scaled = rope_inv_freq(shape)

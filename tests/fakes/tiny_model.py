@@ -15,6 +15,7 @@ Two kinds of weights:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ class TinyModel:
     shape: LlamaShape
     weights: dict[str, np.ndarray]
     tokenizer: Tokenizer
-    files: dict[str, Path] = field(default_factory=dict)
+    files: dict[Quant, Path] = field(default_factory=dict)
     eos_token_id: int = IM_END_ID
     bos_token_id: int = IM_START_ID
     chat_template: str = CHAT_TEMPLATE
@@ -144,7 +145,7 @@ def scripted_weights(shape: LlamaShape, chain: Sequence[int], seed: int = 0) -> 
     basis = np.linalg.qr(rng.standard_normal((shape.hidden_size, shape.hidden_size)))[0].T
     embed = w["model.embed_tokens.weight"]
     head = (rng.standard_normal(embed.shape) * 0.01).astype(np.float32)
-    for j, (src, dst) in enumerate(zip(chain[:-1], chain[1:], strict=True)):
+    for j, (src, dst) in enumerate(itertools.pairwise(chain)):
         embed[src] = basis[j]
         head[dst] += 10.0 * basis[j]
     for n in range(shape.num_layers):
