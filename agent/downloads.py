@@ -37,7 +37,6 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +52,7 @@ from agent.download_job import DownloadJob, StopJob, bind, install_hook
 from agent.errors import (
     AgentError,
     BadRequestError,
+    ConflictError,
     DiskFullError,
     GatedRepoError,
     IntegrityError,
@@ -79,6 +79,7 @@ log = logging.getLogger("hflocal.downloads")
 
 DEFAULT_DISK_MARGIN = 256 * 1024 * 1024
 """Free space kept beyond what a download still needs (the OS and other programs need some too)."""
+_ENDING_WAIT_S = 30.0
 
 
 
@@ -104,6 +105,7 @@ class Downloads:
         self.disk_margin_bytes = disk_margin_bytes
         self.backoff_s = backoff_s
         self.warnings: list[str] = []
+        self._closed = False
         self._jobs: dict[str, DownloadJob] = {}
         self._lock = threading.Lock()
 
@@ -136,23 +138,37 @@ class Downloads:
             )
         except InvalidNameError as exc:
             raise BadRequestError(str(exc)) from None
-        with self._lock:
-            running = self._jobs.get(str(key))
-            if running is not None:
-                running.joined = True
-                return running, True
-            job = DownloadJob(key, revision, self.emit)
-            self._jobs[job.key] = job
+        deadline = time.monotonic() + _ENDING_WAIT_S
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise ConflictError("the worker is stopping; downloads resume when it starts again")
+                current = self._jobs.get(str(key))
+                if current is None:
+                    job = DownloadJob(key, revision, self.emit)
+                    self._jobs[job.key] = job
+                    break
+                if current.state == "running" and not current.stop_requested:
+                    current.joined = True
+                    return current, True
+            # a job of this variant is ending (finished, failed or cancelled): let it finish its
+            # bookkeeping so that its store update cannot overwrite the new job's entry
+            if not current.wait(max(deadline - time.monotonic(), 0.0)):
+                raise ConflictError(f"the previous download of {key} is still stopping; try again shortly")
         try:
             created = self._prepare(job)
-        except BaseException:
+        except BaseException as exc:
             with self._lock:
                 self._jobs.pop(job.key, None)
             job.mark_ended("failed")
+            err = exc
+            if _is_enospc(exc) and not isinstance(exc, AgentError):
+                err = DiskFullError(str(self.paths.home))
             if job.joined:  # someone else was told to wait for this job: tell them it failed
-                err = sys.exc_info()[1]
                 code = err.code if isinstance(err, AgentError) else "internal"
                 self.emit(DownloadFailed(job_id=job.job_id, key=job.key, code=code, message=str(err)))
+            if err is not exc:
+                raise err from exc
             raise
         if created:
             self._models_changed()
@@ -215,7 +231,7 @@ class Downloads:
             self._fetch_all(job)
         except StopJob:
             self._end_stopped(job)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - every failure becomes an event, never a silent thread
             if job.stop_requested:
                 self._end_stopped(job)
             else:
@@ -235,6 +251,8 @@ class Downloads:
             fetched_before = job.fetched_bytes
             try:
                 for f in job.files:
+                    if job.stop_requested:
+                        raise StopJob()
                     job.current_file = f.path
                     self._fetch(job, f)
                 return
@@ -367,6 +385,7 @@ class Downloads:
     def shutdown(self, wait_s: float = 10.0) -> None:
         """Stop every job without events; their entries stay ``downloading`` (resumable)."""
         with self._lock:
+            self._closed = True
             jobs = list(self._jobs.values())
         for job in jobs:
             job.request_stop("shutdown")

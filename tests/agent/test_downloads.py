@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.downloads import Downloads
-from agent.errors import DiskFullError, GatedRepoError, NoOnnxError, QuantNotOfferedError, RepoNotFoundError
+from agent.errors import ConflictError, DiskFullError, GatedRepoError, NoOnnxError, QuantNotOfferedError, RepoNotFoundError
 from agent.store import Store
 from ipc.messages import (
     DownloadCancelled,
@@ -70,7 +72,7 @@ def test_progress_is_rate_limited(make_downloads: Make, tiny_repo: dict[str, byt
     assert job.wait(30) and job.state == "finished", job.error
     times = [e.time for e in events.all(DownloadProgress, job.job_id)]
     assert len(times) >= 3
-    gaps = [b - a for a, b in zip(times, times[1:-1])]  # the final one may follow at once
+    gaps = [b - a for a, b in itertools.pairwise(times[:-1])]  # the final one may follow at once
     assert min(gaps) >= 0.15
     rates = [e.rate_bps for e in events.all(DownloadProgress, job.job_id)]
     assert 200_000 < max(rates) < 3_000_000
@@ -278,3 +280,33 @@ def test_corrupt_manifest_after_downloads_is_rebuilt_from_the_cache(
     assert (after.files, after.size, after.commit, after.path, after.status) == (
         before.files, before.size, before.commit, before.path, "ready")
     assert len(list(store.paths.home.glob("manifest.corrupt-*.json"))) == 1
+
+
+def test_a_new_commit_replaces_the_old_files_and_keeps_serving_meanwhile(
+    make_downloads: Make, tiny_repo: dict[str, bytes], hub_repos: HubRepos, hub: HubServer
+) -> None:
+    store, downloads = make_downloads()
+    job, _ = downloads.start(MODEL, "q4")
+    assert job.wait(30) and job.state == "finished"
+    old = store.require(Q4)
+    old_graph = Path(os.path.realpath(Path(old.path) / "onnx/model_q4.onnx"))
+    new_graph = b"a new graph" * 30_000  # 330 kB at 200 kB/s: the job is still running below
+    commit = hub_repos.update_repo(MODEL, {"onnx/model_q4.onnx": new_graph})
+    hub.control.add_fault(f"{MODEL}/onnx/*", rate_limit_bytes_per_s=200_000, times=-1)
+    update, existing = downloads.start(MODEL, "q4")
+    assert not existing
+    assert store.require(Q4).status == "ready" and store.require(Q4).commit == old.commit  # still serving
+    assert update.wait(30) and update.state == "finished", update.error
+    new = store.require(Q4)
+    assert new.commit == commit != old.commit and new.status == "ready"
+    assert (Path(new.path) / "onnx/model_q4.onnx").read_bytes() == new_graph
+    assert update.fetched_bytes == len(new_graph)  # unchanged files were not fetched again
+    assert not old_graph.exists() and not Path(old.path).exists()
+    assert (Path(new.path) / "onnx/model_q4.onnx_data").read_bytes() == tiny_repo["onnx/model_q4.onnx_data"]
+
+
+def test_no_new_downloads_after_shutdown(make_downloads: Make, tiny_repo: dict[str, bytes]) -> None:
+    _, downloads = make_downloads()
+    downloads.shutdown()
+    with pytest.raises(ConflictError, match="stopping"):
+        downloads.start(MODEL, "q4")
