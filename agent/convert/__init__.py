@@ -1,1 +1,14 @@
-"""Converters that write ONNX decoder graphs ourselves (no torch): a Llama graph builder and a GGUF importer."""
+"""Write Llama-family decoder graphs as ONNX ourselves (numpy + onnx.helper, no torch).
+
+Public API:
+- ``llama_graph.write_llama_onnx(shape, weights, repo_dir, quant, ...) -> Path`` and
+  ``build_llama_model(...) -> onnx.ModelProto``: the optimum / Transformers.js I/O contract.
+- ``llama_shape.LlamaShape`` / ``RopeScaling``: the hyper-parameters.
+- ``weight_forms``: ``QUANT_FILES`` (quant -> ``onnx/model*.onnx`` name), how weights are stored per
+  quantization, ``effective_weights`` (the float weights a quantized file computes with).
+- ``gguf_import.import_gguf(path, out_dir, quants, progress) -> ImportResult`` and
+  ``inspect_gguf(path) -> GGUFSummary``; ``UnsupportedModelError`` for what cannot be converted.
+- ``repo_files``: config/tokenizer JSON files as transformers writes them.
+
+Nothing here is imported on the serving path; import the submodules directly.
+"""
