@@ -160,18 +160,33 @@ class Store:
         return [e for e in self.list() if e.status == "downloading"]
 
     def lookup(self, name: str) -> VariantEntry:
-        """Resolve what a user typed: a variant key (device part optional), or a bare model id (its
-        active variant if that model is active, else its first ready variant in q4, q8, fp16, fp32
-        order). Raises ``NotFoundError`` (or ``InvalidNameError`` for malformed names)."""
+        """Resolve what a user typed: a full variant key; ``org/name::quant`` (that quantization on
+        whichever device it was installed for, ``auto`` preferred); or a bare model id (the active
+        variant if it is of that model, else its first ready variant in q4, q8, fp16, fp32 order).
+        Raises ``NotFoundError`` (or ``InvalidNameError`` for malformed names)."""
         with self._lock:
             if looks_like_key(name):
-                return self.require(str(VariantKey.parse(name)))
+                key = VariantKey.parse(name)
+                exact = self._variants.get(str(key))
+                has_device = len(name.removeprefix("huggingface-local/").split("::")) == 3
+                if exact is not None or has_device:
+                    return self.require(str(key))
+                matches = [e for e in self._variants.values()
+                           if e.model_id == key.model_id and e.quantization == key.quantization]
+                return self._pick(matches, name)
             validate_model_id(name)
-            ready = [e for e in self._variants.values() if e.model_id == name and e.status == "ready"]
-            if not ready:
-                raise NotFoundError(f"{name} is not installed (download it first)")
-            active = [e for e in ready if e.key == self._active]
-            return (active or sorted(ready, key=lambda e: (QUANTIZATIONS.index(e.quantization), e.key)))[0]
+            return self._pick([e for e in self._variants.values() if e.model_id == name], name)
+
+    def _pick(self, candidates: builtins.list[VariantEntry], name: str) -> VariantEntry:
+        ready = [e for e in candidates if e.status == "ready"]
+        if not ready:
+            if candidates:
+                raise NotFoundError(f"{name} is not ready ({candidates[0].status})")
+            raise NotFoundError(f"{name} is not installed (download it first)")
+        active = [e for e in ready if e.key == self._active]
+        order = {"auto": 0}
+        return (active or sorted(ready, key=lambda e: (
+            QUANTIZATIONS.index(e.quantization), order.get(e.device, 1), e.key)))[0]
 
     @property
     def active(self) -> str | None:

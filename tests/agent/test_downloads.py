@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from agent.downloads import Downloads
-from agent.errors import ConflictError, DiskFullError, GatedRepoError, NoOnnxError, QuantNotOfferedError, RepoNotFoundError
+from agent.errors import (
+    ConflictError,
+    DiskFullError,
+    GatedRepoError,
+    NoOnnxError,
+    QuantNotOfferedError,
+    RepoNotFoundError,
+)
 from agent.store import Store
 from ipc.messages import (
     DownloadCancelled,

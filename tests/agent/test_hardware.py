@@ -89,3 +89,20 @@ def test_hardware_info_without_probes(paths: Paths, monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(builtins, "__import__", broken_import)
     info = hardware_info(paths)
     assert info.providers == [CPU] and info.auto_device == "cpu"
+
+
+def test_nvidia_smi_output_is_parsed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU on these machines: a stand-in nvidia-smi prints what the real one does for this query."""
+    from agent.hardware import detect_gpus
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf 'NVIDIA H100 80GB HBM3, 81559\\nNVIDIA A10G, [N/A]\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    gpus = [g for g in detect_gpus() if g.source == "nvidia-smi"]
+    assert [(g.name, g.vendor, g.memory_bytes) for g in gpus] == [
+        ("NVIDIA H100 80GB HBM3", "NVIDIA", 81559 * 1024 * 1024),
+        ("NVIDIA A10G", "NVIDIA", None),
+    ]
+    fake.write_text("#!/bin/sh\nexit 9\n")
+    assert [g for g in detect_gpus() if g.source == "nvidia-smi"] == []

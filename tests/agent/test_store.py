@@ -58,6 +58,11 @@ def test_put_update_active_survive_a_restart(paths: Paths, tmp_path: Path) -> No
     assert installed[0].active and installed[0].source == "import" and installed[0].device == "cpu"
     assert again.lookup("me/mine").key == entry.key
     assert again.lookup("huggingface-local/me/mine::q4::cpu").key == entry.key
+    assert again.lookup("me/mine::q4").key == entry.key  # no device part: whichever is installed
+    with pytest.raises(NotFoundError):
+        again.lookup("me/mine::q4::cuda")
+    with pytest.raises(NotFoundError):
+        again.lookup("me/mine::q8")
     with pytest.raises(NotFoundError):
         again.lookup("me/other")
     with pytest.raises(NotFoundError):
