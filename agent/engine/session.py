@@ -5,7 +5,8 @@ A runner owns the KV cache of the sequence being decoded. ``begin(prompt)`` star
 last one; ``reset()`` forgets the sequence. The cached runner keeps the
 ``present.*`` outputs as ``OrtValue``s bound straight back as the next ``past_key_values.*`` through
 an I/O binding, so the cache is never copied through numpy and stays on the accelerator when there
-is one. A later runner may preallocate fixed KV buffers (fused GroupQueryAttention graphs) behind
+is one (on the CPU, ``run_with_ort_values`` does the same with less overhead). A later runner may
+preallocate fixed KV buffers (fused GroupQueryAttention graphs) behind
 the same methods. ``begin(prompt)`` keeps the cache of a shared prefix between generations.
 """
 
@@ -91,14 +92,25 @@ def _last_logits(logits: np.ndarray) -> np.ndarray:
 class CachedRunner:
     """Runner for graphs with ``past_key_values`` inputs; the cache stays in ``OrtValue``s."""
 
-    def __init__(self, session: ort.InferenceSession, contract: GraphContract, context_length: int) -> None:
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        contract: GraphContract,
+        context_length: int,
+        *,
+        use_binding: bool | None = None,
+    ) -> None:
+        """``use_binding``: feed the cache through an I/O binding (default: only on CUDA, where it
+        keeps the cache on the GPU); otherwise ``run_with_ort_values``."""
         self._session = session
         self._contract = contract
         provider = session.get_providers()[0]
         # DirectML outputs could stay on the device too; binding them there is untested, so they
         # come back to the CPU, which is correct but slower.
         self._kv_device = "cuda" if provider == CUDA else "cpu"
+        self._use_binding = self._kv_device != "cpu" if use_binding is None else use_binding
         self._binding = session.io_binding()
+        self._output_names = [contract.logits_name, *(spec.output_name for spec in contract.kv)]
         assert contract.attention_mask_dtype is not None
         self._mask = np.ones((1, context_length), dtype=contract.attention_mask_dtype)
         pos_dtype = contract.position_ids_dtype or np.int64
@@ -163,31 +175,53 @@ class CachedRunner:
         total = past + len(ids)
         if total > self._mask.shape[1]:
             raise RuntimeError(f"sequence of {total} tokens exceeds the context of {self._mask.shape[1]}")
+        small: dict[str, np.ndarray] = {
+            "input_ids": np.asarray(ids, dtype=contract.input_ids_dtype).reshape(1, len(ids)),
+            "attention_mask": self._mask[:, :total],
+        }
+        if contract.position_ids_dtype is not None:
+            small["position_ids"] = self._positions[:, past:total]
+        if contract.logits_to_keep is not None:
+            small[contract.logits_to_keep[0]] = self._keep
+        if self._use_binding:
+            logits, present = self._run_bound(small)
+        else:
+            logits, present = self._run_on_cpu(small)
+        self._past = present
+        self._tokens.extend(int(i) for i in ids)
+        self.past_length = total
+        return _last_logits(logits)
+
+    def _run_on_cpu(self, small: dict[str, np.ndarray]) -> tuple[np.ndarray, list[Any]]:
+        """``run_with_ort_values``: the cache goes back in as the ``OrtValue``s that came out (no
+        numpy round trip); measured a few percent faster than an I/O binding on the CPU."""
+        feeds = {name: ort.OrtValue.ortvalue_from_numpy(value) for name, value in small.items()}
+        past = self._past or [ort.OrtValue.ortvalue_from_numpy(self._empty[s.input_name]) for s in self._contract.kv]
+        for spec, value in zip(self._contract.kv, past):
+            feeds[spec.input_name] = value
+        outputs = self._session.run_with_ort_values(self._output_names, feeds)
+        return outputs[0].numpy(), list(outputs[1:])
+
+    def _run_bound(self, small: dict[str, np.ndarray]) -> tuple[np.ndarray, list[Any]]:
+        """I/O binding: ``present.*`` are allocated on the accelerator and bound back as the next
+        ``past_key_values.*``, so the cache never crosses to the host; only the logits do."""
         binding = self._binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
-        input_ids = np.asarray(ids, dtype=contract.input_ids_dtype).reshape(1, len(ids))
-        binding.bind_cpu_input("input_ids", input_ids)
-        binding.bind_cpu_input("attention_mask", self._mask[:, :total])
-        if contract.position_ids_dtype is not None:
-            binding.bind_cpu_input("position_ids", self._positions[:, past:total])
-        if contract.logits_to_keep is not None:
-            binding.bind_cpu_input(contract.logits_to_keep[0], self._keep)
+        for name, value in small.items():
+            binding.bind_cpu_input(name, value)
         if self._past:
-            for spec, value in zip(contract.kv, self._past):
+            for spec, value in zip(self._contract.kv, self._past):
                 binding.bind_ortvalue_input(spec.input_name, value)
         else:
-            for spec in contract.kv:
+            for spec in self._contract.kv:
                 binding.bind_cpu_input(spec.input_name, self._empty[spec.input_name])
-        binding.bind_output(contract.logits_name, "cpu")
-        for spec in contract.kv:
+        binding.bind_output(self._contract.logits_name, "cpu")
+        for spec in self._contract.kv:
             binding.bind_output(spec.output_name, self._kv_device)
         self._session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
-        self._past = list(outputs[1:])
-        self._tokens.extend(int(i) for i in ids)
-        self.past_length = total
-        return _last_logits(outputs[0].numpy())
+        return outputs[0].numpy(), list(outputs[1:])
 
 
 class UncachedRunner:

@@ -42,6 +42,24 @@ def test_chunked_prefill_gives_the_same_tokens(tiny: TinyModel, tiny_model: Onnx
     assert chunked == whole == expected_greedy(tiny, prompt, 12)
 
 
+def test_io_binding_path_gives_the_same_tokens(tiny: TinyModel, tiny_model: OnnxChatModel) -> None:
+    """The path CUDA uses (cache bound as OrtValues on the device), run here on the CPU."""
+    from agent.engine.session import CachedRunner
+
+    runner = tiny_model._runner
+    assert isinstance(runner, CachedRunner)
+    bound = CachedRunner(tiny_model._session, tiny_model.contract, 256, use_binding=True)
+    bound.set_vocab(tiny_model.info.vocab_size)
+    prompt = chat_prompt(tiny_model)
+    tiny_model._runner = bound
+    try:
+        ids = token_ids(run(tiny_model, prompt, max_tokens=16))
+        again = token_ids(run(tiny_model, prompt, max_tokens=16))  # with a reused prefix
+    finally:
+        tiny_model._runner = runner
+    assert ids == again == expected_greedy(tiny, prompt, 16)
+
+
 def test_step_texts_concatenate_to_the_full_decode(tiny: TinyModel, tiny_model: OnnxChatModel) -> None:
     # Random weights emit arbitrary byte tokens, including ones that never form a character.
     for seed in range(5):
