@@ -89,7 +89,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def tray(args: argparse.Namespace) -> int:
     try:
-        from ui.app import run_tray  # type: ignore[import-not-found]
+        from ui.app import run_tray
     except ImportError as exc:
         raise CliError(
             f"the tray is not available ({exc}); install it with `pip install 'hflocal[tray]'`, "
@@ -213,11 +213,12 @@ def chat(args: argparse.Namespace) -> int:
 
 
 def autostart(args: argparse.Namespace) -> int:
+    from installers.autostart import AutostartError, apply
+
     try:
-        from installers.autostart import apply  # type: ignore[import-not-found]
-    except ImportError:
-        raise CliError("start at login is not available in this build") from None
-    result = apply(args.action, headless=args.headless)
+        result = apply(args.action, headless=args.headless)
+    except AutostartError as exc:
+        raise CliError(str(exc)) from None
     if args.json:
         emit_json(result)
     else:

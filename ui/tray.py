@@ -1,0 +1,170 @@
+"""The pystray side: turns snapshots into the icon, its tooltip and its menu.
+
+``PystrayView`` implements ``ui.controller.View``. It redraws the icon only when its ``IconState``
+changes and rebuilds the menu only when ``menu_entries`` change; updates are coalesced so a burst
+of progress events costs at most a few redraws a second. Menu callbacks only call ``submit``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pystray
+
+from ui.icons import IconState, icon_state, render
+from ui.menu import Action, Entry, Item, Separator, menu_entries, title_text
+from ui.notify import Notifier
+from ui.state import Notice, Snapshot
+
+log = logging.getLogger("hflocal.tray")
+
+ICON_SIZE = 64
+MIN_UPDATE_INTERVAL_S = 0.25
+
+
+def backend_name() -> str:
+    """Which pystray backend this process got: ``appindicator``, ``gtk``, ``xorg``, ``darwin``..."""
+    return pystray.Icon.__module__.rsplit("._", 1)[-1]
+
+
+def uses_glib(backend: str | None = None) -> bool:
+    return (backend or backend_name()) in ("appindicator", "gtk")
+
+
+def to_pystray(items: tuple[Item, ...], submit: Callable[[Action], None], default: Action | None = None) -> pystray.Menu:
+    """pystray menu for ``items``; a click only calls ``submit(action)``. ``default``: the action
+    that a plain click on the icon runs where the backend has no menu (xorg)."""
+
+    def convert(item: Item) -> Any:
+        if isinstance(item, Separator):
+            return pystray.Menu.SEPARATOR
+        assert isinstance(item, Entry)
+        if item.submenu is not None:
+            return pystray.MenuItem(item.text, pystray.Menu(*(convert(i) for i in item.submenu)), enabled=item.enabled)
+        action = item.action
+
+        def on_click(icon: Any, menu_item: Any) -> None:
+            if action is not None:
+                submit(action)
+
+        checked = None if item.checked is None else (lambda _i, value=item.checked: value)
+        return pystray.MenuItem(
+            item.text,
+            on_click,
+            checked=checked,
+            radio=item.radio,
+            enabled=item.enabled,
+            default=default is not None and action == default,
+        )
+
+    return pystray.Menu(*(convert(i) for i in items))
+
+
+def copy_with_command(text: str, platform: str = sys.platform) -> bool:
+    """Clipboard without a toolkit: pbcopy, clip, wl-copy, xclip or xsel, whichever exists."""
+    if platform == "darwin":
+        candidates = [["pbcopy"]]
+    elif platform == "win32":
+        candidates = [["clip"]]
+    else:
+        candidates = [["wl-copy"], ["xclip", "-selection", "clipboard"], ["xsel", "--clipboard", "--input"]]
+    for command in candidates:
+        if shutil.which(command[0]) is None:
+            continue
+        try:
+            subprocess.run(command, input=text.encode(), timeout=5, check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            return True
+        except (OSError, subprocess.SubprocessError):
+            continue
+    return False
+
+
+class PystrayView:
+    def __init__(self, icon: pystray.Icon, submit: Callable[[Action], None], notifier: Notifier, *, default: Action | None = None) -> None:
+        self.icon = icon
+        self.submit = submit
+        self.notifier = notifier
+        self.default = default
+        self.backend = backend_name()
+        self._lock = threading.Lock()
+        self._pending: Snapshot | None = None
+        self._timer: threading.Timer | None = None
+        self._last_apply = 0.0
+        self._entries: tuple[Item, ...] | None = None
+        self._icon_state: IconState | None = None
+        self._title: str | None = None
+        self.menu_builds = 0
+
+    # ------------------------------------------------------------------ View
+
+    def show(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._pending = snapshot
+            if self._timer is not None:
+                return
+            delay = max(0.0, self._last_apply + MIN_UPDATE_INTERVAL_S - time.monotonic())
+            self._timer = threading.Timer(delay, self._flush)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def notify(self, notice: Notice) -> None:
+        self.notifier.notify(notice)
+
+    def copy_text(self, text: str) -> bool:
+        if uses_glib(self.backend):
+            return self._copy_gtk(text)
+        return copy_with_command(text)
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+        self.icon.stop()
+
+    # ------------------------------------------------------------------ applying
+
+    def _flush(self) -> None:
+        with self._lock:
+            snapshot, self._pending, self._timer = self._pending, None, None
+            self._last_apply = time.monotonic()
+        if snapshot is not None:
+            self.apply(snapshot)
+
+    def apply(self, snapshot: Snapshot) -> None:
+        """Bring icon, tooltip and menu in line with ``snapshot``, touching only what changed."""
+        state = icon_state(snapshot)
+        if state != self._icon_state:
+            self._icon_state = state
+            self.icon.icon = render(state, ICON_SIZE)
+        title = title_text(snapshot)
+        if title != self._title:
+            self._title = title
+            self.icon.title = title
+        entries = menu_entries(snapshot)
+        if entries != self._entries:
+            self._entries = entries
+            self.menu_builds += 1
+            self.icon.menu = to_pystray(entries, self.submit, self.default)
+
+    def _copy_gtk(self, text: str) -> bool:
+        from gi.repository import Gdk, GLib, Gtk
+
+        def set_clipboard() -> bool:
+            clipboard = Gtk.Clipboard.get(Gdk.SELECTION_CLIPBOARD)
+            clipboard.set_text(text, -1)
+            clipboard.store()
+            return False
+
+        GLib.idle_add(set_clipboard)
+        return True
+
+
+__all__ = ["PystrayView", "backend_name", "copy_with_command", "to_pystray", "uses_glib"]
