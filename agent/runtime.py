@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -159,16 +160,30 @@ class Runtime:
     def started_serving(self) -> None:
         """Called once clients can connect: resume interrupted downloads, load the active model."""
         self._serving = True
-        if self.settings.hub.resume_on_start:
-            for job in self.downloads.resume_interrupted():
-                log.info("resuming the download of %s", job.key)
+        if self.settings.hub.resume_on_start and self.store.interrupted():
+            # Resuming asks the Hub about each repo first, which may hang on a slow or dead Hub: never
+            # on the event loop (pings and HTTP must answer meanwhile), never joined at exit.
+            threading.Thread(target=self._resume_interrupted, name="resume-downloads", daemon=True).start()
         active = self.store.active
         if active is not None:
             entry = self.store.get(active)
             if entry is not None and entry.status == "ready":
                 self.activate(active)
-            else:
+            elif entry is None:
                 self.warnings.append(f"the remembered active model {active} is not installed any more")
+            else:
+                why = f": {entry.error}" if entry.error else ""
+                self.warnings.append(f"the remembered active model {active} was not loaded: it is {entry.status}{why}")
+
+    def _resume_interrupted(self) -> None:
+        """In a thread: continue downloads a stopped or killed worker left ``downloading``; what
+        cannot be resumed now becomes a ``status`` warning."""
+        try:
+            for job in self.downloads.resume_interrupted():
+                log.info("resuming the download of %s", job.key)
+            self.warnings.extend(self.downloads.warnings)
+        except Exception:  # noqa: BLE001 - a resume bug must not take the worker down
+            log.exception("resuming interrupted downloads failed")
 
     async def close(self) -> None:
         await asyncio.to_thread(self.downloads.shutdown)
