@@ -111,10 +111,14 @@ class CachedRunner:
         self._kv_device = "cuda" if provider == CUDA else "cpu"
         # The CPU path calls the C session directly: the public wrapper validates and wraps every
         # one of the 2 x layers cache values on each call, which cost ~0.1-0.5 ms per token.
+        # If a future onnxruntime changes these internals, the public I/O binding path is used.
         self._raw = getattr(session, "_sess", None)
-        raw_ok = self._raw is not None and hasattr(self._raw, "run_with_ort_values")
+        try:
+            self._cpu = ort_c.OrtDevice(ort_c.OrtDevice.cpu(), ort_c.OrtDevice.default_memory(), 0)
+            raw_ok = hasattr(self._raw, "run_with_ort_values") and hasattr(ort_c.OrtValue, "ortvalue_from_numpy")
+        except (AttributeError, TypeError):
+            raw_ok = False
         self._use_binding = (self._kv_device != "cpu" or not raw_ok) if use_binding is None else use_binding
-        self._cpu = ort_c.OrtDevice(ort_c.OrtDevice.cpu(), ort_c.OrtDevice.default_memory(), 0)
         self._arrays: list[np.ndarray] = []
         """numpy buffers behind cache values made here (C OrtValues do not keep them alive)."""
         self._binding = session.io_binding()
