@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import logging.handlers
+import os
 import signal
 import sys
 from pathlib import Path
@@ -82,10 +83,25 @@ def run_tray(home: Path | None = None) -> int:
         lock.close()
 
 
+def _import_pystray() -> Any:
+    """pystray picks its backend at import; without a display that fails with Xlib's own errors."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise TrayError("no graphical session (DISPLAY is not set); run the agent headless with `hflocal serve`")
+    try:
+        import pystray
+    except Exception as exc:  # noqa: BLE001 - ImportError, or Xlib's DisplayNameError/DisplayConnectionError
+        raise TrayError(f"no tray backend is usable here ({exc}); run the agent headless with `hflocal serve`") from None
+    return pystray
+
+
 def _run(home: Path) -> int:
     _setup_logging(home)
     _name_the_app()
-    import pystray
+    try:
+        pystray = _import_pystray()
+    except TrayError as exc:
+        print(f"hflocal: {exc}", file=sys.stderr)
+        return 1
 
     import assets
     import installers.autostart as autostart

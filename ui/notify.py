@@ -73,6 +73,7 @@ class Notifier:
                 loop.close()
 
     def _make_dbus(self) -> object | None:
+        logging.getLogger("desktop_notifier").setLevel(logging.ERROR)  # its failures are ours to report
         try:
             from desktop_notifier import DesktopNotifier, Icon
 
@@ -84,12 +85,20 @@ class Notifier:
             return None
 
     async def _send_dbus(self, notifier: object, notice: Notice) -> bool:
+        # desktop-notifier logs and swallows its own failures; ``on_dispatched`` runs only on success.
+        dispatched: list[bool] = []
         try:
-            await asyncio.wait_for(notifier.send(title=notice.title, message=notice.body), SEND_TIMEOUT_S)  # type: ignore[attr-defined]
-            return True
+            await asyncio.wait_for(
+                notifier.send(title=notice.title, message=notice.body,  # type: ignore[attr-defined]
+                              on_dispatched=lambda: dispatched.append(True)),
+                SEND_TIMEOUT_S,
+            )
         except Exception as exc:  # noqa: BLE001 - no notification service is not an error for the tray
             log.info("D-Bus notification failed (%s); using the fallback", exc)
             return False
+        if not dispatched:
+            log.info("no D-Bus notification service took the notification; using the fallback")
+        return bool(dispatched)
 
     def _send_fallback(self, notice: Notice) -> None:
         if self.fallback is not None:

@@ -31,7 +31,8 @@ MIN_UPDATE_INTERVAL_S = 0.25
 
 def backend_name() -> str:
     """Which pystray backend this process got: ``appindicator``, ``gtk``, ``xorg``, ``darwin``..."""
-    return pystray.Icon.__module__.rsplit("._", 1)[-1]
+    name = pystray.Icon.__module__.rsplit("._", 1)[-1]
+    return "dummy" if name == "base" else name  # the dummy backend re-exports the base Icon
 
 
 def uses_glib(backend: str | None = None) -> bool:
