@@ -224,11 +224,17 @@ async def _main(paths: Paths, settings: Settings, options: WorkerOptions) -> int
         print(f"hflocal agent ready: API {http_url}/v1 (home {paths.home})", file=sys.stderr, flush=True)
         runtime.started_serving()
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        crashed = not stop.is_set()  # a server ended without being asked to: the worker cannot go on
         stop.set()
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 log.error("a server task failed", exc_info=task.exception())
         await asyncio.gather(*tasks, return_exceptions=True)
+        if crashed:
+            # Non-zero, so that a supervisor (the tray, systemd) restarts it.
+            print(f"hflocal: the agent stopped after an internal error (see {paths.logs / 'agent.log'})",
+                  file=sys.stderr, flush=True)
+            return 1
         return 0
     finally:
         remove_connection(paths.connection, os.getpid())

@@ -134,7 +134,7 @@ class OnnxChatModel:
             runner=runner,
             tokenizer=self.tokenizer,
             prompt_ids=list(prompt_ids),
-            sampler=Sampler(plan, limit, params.seed),
+            sampler=Sampler(plan, limit, params.seed, list(prompt_ids)),
             max_new_tokens=max_new,
             stops=[params.stop] if isinstance(params.stop, str) else list(params.stop),
             eos_ids=self.tokenizer.eos_token_ids,

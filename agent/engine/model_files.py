@@ -83,6 +83,7 @@ class GenerationDefaults:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    repetition_penalty: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,7 @@ def read_model_config(folder: Path, tokenizer_config: dict[str, Any]) -> ModelCo
         temperature=number("temperature", 1.0),
         top_p=number("top_p", 1.0),
         top_k=top_k if isinstance(top_k, int) and top_k > 0 else 0,
+        repetition_penalty=number("repetition_penalty", 1.0),
     )
     bos = _int_list(config.get("bos_token_id")) or _int_list(gen.get("bos_token_id"))
     return ModelConfig(

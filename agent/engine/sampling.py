@@ -1,7 +1,9 @@
 """Choosing the next token from logits: plain numpy functions plus a small per-request ``Sampler``.
 
-Policy, in order: presence/frequency penalties (OpenAI semantics, over the tokens generated so far,
-not the prompt) → greedy argmax, or temperature → top-k → top-p (nucleus) → a draw from the
+Policy, in order: Hugging Face's repetition penalty (over prompt and generated tokens: a positive
+logit is divided by it, a negative one multiplied; from generation_config.json unless the request
+sets it) → presence/frequency penalties (OpenAI semantics, over the tokens generated so far, not the
+prompt) → greedy argmax, or temperature → top-k → top-p (nucleus) → a draw from the
 request's own ``numpy.random.Generator`` (seeded from ``seed``, so a seed repeats its text for the
 same model, prompt and parameters).
 
@@ -42,6 +44,8 @@ class SamplingPlan:
     frequency_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0
+    repetition_penalty: float = 1.0
+    """1.0 = off."""
 
 
 def resolve_sampling(params: SamplingParams, defaults: GenerationDefaults) -> SamplingPlan:
@@ -60,12 +64,23 @@ def resolve_sampling(params: SamplingParams, defaults: GenerationDefaults) -> Sa
         frequency_penalty=float(params.frequency_penalty),
         logprobs=bool(params.logprobs),
         top_logprobs=min(max(int(params.top_logprobs), 0), MAX_TOP_LOGPROBS) if params.logprobs else 0,
+        repetition_penalty=float(
+            params.repetition_penalty if params.repetition_penalty is not None else defaults.repetition_penalty
+        ),
     )
 
 
 def apply_penalties(logits: np.ndarray, counts: np.ndarray, presence: float, frequency: float) -> np.ndarray:
     """``logits - frequency * count - presence * (count > 0)`` as a new array (OpenAI's formula)."""
     return logits - (frequency * counts + presence * (counts > 0))
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """Hugging Face's ``RepetitionPenaltyLogitsProcessor`` over the token ids ``seen`` (a new array)."""
+    out = logits.copy()
+    values = out[seen]
+    out[seen] = np.where(values > 0, values / penalty, values * penalty)
+    return out
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -134,15 +149,25 @@ class Pick:
 class Sampler:
     """The per-request state of sampling: the plan, the random generator and token counts."""
 
-    def __init__(self, plan: SamplingPlan, vocab_size: int, seed: int | None) -> None:
+    def __init__(
+        self, plan: SamplingPlan, vocab_size: int, seed: int | None, prompt_ids: list[int] | None = None
+    ) -> None:
         self.plan = plan
         self.rng = np.random.default_rng(seed)
+        self._seen: np.ndarray | None = None
+        if plan.repetition_penalty != 1.0:
+            self._seen_mask = np.zeros(vocab_size, dtype=bool)
+            ids = np.asarray([i for i in prompt_ids or () if 0 <= i < vocab_size], dtype=np.int64)
+            self._seen_mask[ids] = True
+            self._seen = np.flatnonzero(self._seen_mask)
         penalized = plan.presence_penalty != 0.0 or plan.frequency_penalty != 0.0
         self._counts = np.zeros(vocab_size, dtype=np.float32) if penalized else None
 
     def pick(self, logits: np.ndarray) -> Pick:
         """Choose the next token from the float32 ``logits`` of one position and record it."""
         plan = self.plan
+        if self._seen is not None and self._seen.size:
+            logits = apply_repetition_penalty(logits, self._seen, plan.repetition_penalty)
         if self._counts is not None:
             logits = apply_penalties(logits, self._counts, plan.presence_penalty, plan.frequency_penalty)
         if plan.greedy:
@@ -159,4 +184,7 @@ class Sampler:
             top = [(int(i), float(logprobs[i])) for i in top_indices(logprobs, plan.top_logprobs)]
         if self._counts is not None:
             self._counts[token] += 1
+        if self._seen is not None and not self._seen_mask[token]:
+            self._seen_mask[token] = True
+            self._seen = np.flatnonzero(self._seen_mask)
         return Pick(token, logprob, top)

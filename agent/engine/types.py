@@ -59,6 +59,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logprobs: bool = False
     top_logprobs: int = 0
+    repetition_penalty: float | None = None
+    """Hugging Face's multiplicative penalty over prompt and generated tokens (not an OpenAI
+    parameter); ``None`` = generation_config.json's ``repetition_penalty`` (1.0 = off)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from agent.engine.model_files import GenerationDefaults
 from agent.engine.sampling import (
     Sampler,
     apply_penalties,
+    apply_repetition_penalty,
     log_softmax,
     nucleus,
     resolve_sampling,
@@ -116,3 +117,20 @@ def test_sampler_logprobs_are_of_the_penalised_distribution_before_temperature()
     penalised = logits - np.array([5.0, 0, 0, 0], np.float32)
     assert second.logprob == pytest.approx(float(log_softmax(penalised)[1]))
     assert [t for t, _ in second.top] == [1, 2]
+
+
+def test_repetition_penalty_follows_hugging_face() -> None:
+    logits = np.array([2.0, -2.0, 2.0, 0.5], np.float32)
+    out = apply_repetition_penalty(logits, np.array([0, 1]), 2.0)
+    assert out.tolist() == [1.0, -4.0, 2.0, 0.5] and logits[0] == 2.0
+
+
+def test_repetition_penalty_covers_prompt_and_generated_tokens() -> None:
+    defaults = GenerationDefaults(repetition_penalty=100.0)
+    plan = resolve_sampling(SamplingParams(), defaults)
+    assert plan.repetition_penalty == 100.0 and plan.greedy
+    logits = np.array([5.0, 4.0, 3.0, 2.0], np.float32)
+    sampler = Sampler(plan, 4, seed=0, prompt_ids=[0])
+    assert [sampler.pick(logits).token_id for _ in range(3)] == [1, 2, 3]  # 0 from the prompt, then each once
+    off = resolve_sampling(SamplingParams(repetition_penalty=1.0), defaults)
+    assert Sampler(off, 4, seed=0, prompt_ids=[0]).pick(logits).token_id == 0
