@@ -1,0 +1,95 @@
+"""Helpers for the tray tests that run real workers: ports in settings.toml, tiny models on the
+local hub, an observation recorder with bounded waits, and port checks."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.fakes.tiny_model import TinyModel, build_tiny_repo
+from tests.hubserver import HubRepos
+from tests.support.agentproc import free_port
+
+
+def configure_ports(home: Path, extra: str = "") -> tuple[int, int, int]:
+    """Give ``home`` free loopback ports in ``settings.toml`` (the tray's worker reads them)."""
+    http, req, pub = free_port(), free_port(), free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "settings.toml").write_text(
+        f'[http]\nport = {http}\n\n[zmq]\nrequest = "tcp://127.0.0.1:{req}"\nevents = "tcp://127.0.0.1:{pub}"\n{extra}'
+    )
+    return http, req, pub
+
+
+def port_free(port: int) -> bool:
+    """Nothing listens on ``port`` (a new server could bind it; TIME_WAIT leftovers do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def publish_tiny(hub_repos: HubRepos, model_id: str, dest: Path, reply: str) -> TinyModel:
+    """Build a tiny onnx-community style repo (q4) answering ``reply`` and put it on the local hub."""
+    model = build_tiny_repo(dest, ("q4",), reply=reply)
+    files = {str(p.relative_to(dest)): p for p in sorted(dest.rglob("*")) if p.is_file()}
+    hub_repos.add_repo(model_id, files, pipeline_tag="text-generation", tags=["onnx", "transformers.js"])
+    return model
+
+
+def health(http_port: int, timeout: float = 5.0) -> dict[str, Any] | None:
+    try:
+        response = httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=timeout)
+    except httpx.HTTPError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Recorder:
+    """Collects observations from any thread; ``wait_for`` returns the first match (bounded)."""
+
+    def __init__(self) -> None:
+        self.items: list[object] = []
+        self._cond = threading.Condition()
+
+    def __call__(self, obs: object) -> None:
+        with self._cond:
+            self.items.append(obs)
+            self._cond.notify_all()
+
+    def of(self, kind: type) -> list[Any]:
+        with self._cond:
+            return [o for o in self.items if isinstance(o, kind)]
+
+    def wait_for(self, kind: type, timeout: float, predicate: Callable[[Any], bool] = lambda _o: True, after: int = 0) -> Any:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for obs in self.items[after:]:
+                    if isinstance(obs, kind) and predicate(obs):
+                        return obs
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {kind.__name__} within {timeout:.0f} s; saw {self.items!r}")
+                self._cond.wait(remaining)
