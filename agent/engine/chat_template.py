@@ -31,7 +31,7 @@ from jinja2 import nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from agent.engine.model_files import read_json
-from agent.engine.types import TemplateError
+from agent.engine.types import ModelLoadError, TemplateError
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -108,10 +108,14 @@ def loops_over_content(env: jinja2.Environment, source: str) -> bool:
 
 
 def read_template_sources(folder: Path, tokenizer_config: dict[str, Any]) -> dict[str, str]:
-    """Named template sources (``default``, ``tool_use``...) from the model folder; may be empty."""
+    """Named template sources (``default``, ``tool_use``...) from the model folder; may be empty.
+    An unreadable template file is a ``ModelLoadError`` naming it."""
     jinja_file = folder / "chat_template.jinja"
     if jinja_file.is_file():
-        return {"default": jinja_file.read_text(encoding="utf-8")}
+        try:
+            return {"default": jinja_file.read_text(encoding="utf-8")}
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ModelLoadError(f"cannot read chat_template.jinja: {exc}") from exc
     raw: Any = read_json(folder / "chat_template.json", required=False).get("chat_template")
     if raw is None:
         raw = tokenizer_config.get("chat_template")

@@ -70,6 +70,10 @@ def test_missing_file_names_it(repo: Path, name: str) -> None:
         ("config.json", "{not json"),
         ("tokenizer.json", '{"model": 3}'),
         ("tokenizer_config.json", "[1, 2]"),
+        ("generation_config.json", "{"),
+        ("special_tokens_map.json", "nope"),
+        ("chat_template.json", "{"),
+        ("chat_template.jinja", b"\xff\xfe{{ bad utf-8"),
     ],
 )
 def test_corrupt_file_names_it(repo: Path, name: str, content: bytes | str) -> None:
