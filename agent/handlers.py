@@ -3,15 +3,18 @@
 ZeroMQ, the HTTP management API and the CLI (through ZeroMQ) all end here. Each handler takes the
 ``Runtime`` and a request struct and returns the request's result struct, or raises an
 ``AgentError`` whose ``code`` and one-line message become the error reply. Blocking work (Hub calls,
-disk scans) runs in a thread, so the event loop keeps answering pings and HTTP requests.
+disk scans) runs in a thread (``off_loop``), so the event loop keeps answering pings and HTTP
+requests, and a stop never waits for a Hub that does not answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent import __version__, hub
 from agent.errors import AgentError, BadRequestError
@@ -47,6 +50,40 @@ from ipc.messages import (
 
 if TYPE_CHECKING:
     from agent.runtime import Runtime
+
+T = TypeVar("T")
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a daemon thread, awaited.
+
+    Unlike ``asyncio.to_thread`` the thread is never joined: when the worker stops, a call stuck on
+    a Hub that does not answer is abandoned instead of holding the exit (asyncio.run joins its
+    default executor). Cancelling the await abandons the call the same way.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        try:
+            outcome: tuple[Any, BaseException | None] = (fn(*args), None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            outcome = (None, exc)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:
+            pass  # the loop is closed: the worker stopped and nobody waits for this any more
+
+    threading.Thread(target=run, name=f"handler-{getattr(fn, '__name__', 'call')}", daemon=True).start()
+    return await future
 
 
 def _names(fn):  # type: ignore[no-untyped-def]
@@ -92,7 +129,7 @@ async def search(rt: Runtime, req: Search) -> SearchResult:
     """Hub search for ONNX text-generation models (curated list for an empty query)."""
     if not 1 <= req.limit <= 200:
         raise BadRequestError(f"limit must be between 1 and 200, got {req.limit}")
-    models = await asyncio.to_thread(hub.search, req.query.strip(), req.limit)
+    models = await off_loop(hub.search, req.query.strip(), req.limit)
     return SearchResult(query=req.query, models=models)
 
 
@@ -101,7 +138,7 @@ async def model_files(rt: Runtime, req: ModelFiles) -> ModelFilesResult:
     """The quantizations a repo offers, each with its files and download size."""
     model_id = validate_model_id(req.model_id)
     installed = [e.quantization for e in rt.store.list() if e.model_id == model_id and e.status == "ready"]
-    return await asyncio.to_thread(hub.model_files, model_id, req.revision, installed)
+    return await off_loop(hub.model_files, model_id, req.revision, installed)
 
 
 async def list_installed(rt: Runtime, req: ListInstalled) -> InstalledResult:
@@ -116,7 +153,7 @@ async def download(rt: Runtime, req: Download) -> JobAccepted:
     model_id = validate_model_id(req.model_id)
     quant = normalize_quantization(req.quantization or models.default_quantization)
     device = normalize_device(req.device or models.default_device)
-    job, existing = await asyncio.to_thread(rt.downloads.start, model_id, quant, device, req.revision)
+    job, existing = await off_loop(rt.downloads.start, model_id, quant, device, req.revision)
     return JobAccepted(job_id=job.job_id, key=job.key, existing=existing)
 
 
@@ -125,7 +162,7 @@ async def cancel_download(rt: Runtime, req: CancelDownload) -> Cancelled:
     if not req.job_id and not req.key:
         raise BadRequestError("cancel_download needs a job_id or a key")
     key = str(VariantKey.parse(req.key)) if req.key else None
-    job = await asyncio.to_thread(rt.downloads.cancel, req.job_id, key)
+    job = await off_loop(rt.downloads.cancel, req.job_id, key)
     return Cancelled(job_id=job.job_id, key=job.key)
 
 
@@ -136,7 +173,7 @@ async def delete(rt: Runtime, req: Delete) -> Deleted:
     key = str(VariantKey.parse(req.key))
     rt.store.require(key)
     await rt.pool.forget(key)
-    freed = await asyncio.to_thread(rt.downloads.delete, key)
+    freed = await off_loop(rt.downloads.delete, key)
     rt.publish(ModelsChanged(keys=[e.key for e in rt.store.list()]))
     return Deleted(key=key, freed_bytes=freed)
 
@@ -159,7 +196,7 @@ async def import_model(rt: Runtime, req: ImportModel) -> JobAccepted:
 
 async def hardware(rt: Runtime, req: Hardware) -> HardwareInfo:
     """What this machine offers, and which device ``auto`` picks and why."""
-    return await asyncio.to_thread(hardware_info, rt.paths)
+    return await off_loop(hardware_info, rt.paths)
 
 
 async def shutdown(rt: Runtime, req: Shutdown) -> ShuttingDown:

@@ -51,6 +51,14 @@ class AgentProcess:
             self.proc.kill()
         self.proc.wait(10)
 
+    def signal(self, sig: int, timeout: float = 20.0) -> int:
+        """Send ``sig`` and wait (bounded) for the exit; returns the exit code."""
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        return self.proc.wait(timeout)
+
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -68,6 +76,40 @@ def cli(*args: str, home: Path, env: dict[str, str] | None = None, timeout: floa
     )
 
 
+def serve_args(ports: tuple[int, int, int]) -> list[str]:
+    http, req, pub = ports
+    return [
+        sys.executable, "-m", "cli.main", "serve",
+        "--port", str(http),
+        "--zmq-request", f"tcp://127.0.0.1:{req}",
+        "--zmq-events", f"tcp://127.0.0.1:{pub}",
+    ]
+
+
+def run_serve(
+    home: Path,
+    *,
+    ports: tuple[int, int, int] | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 60.0,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``hflocal serve`` expecting it to refuse to start; returns the completed process.
+
+    If it starts after all, it is stopped (SIGTERM) so the test fails on its exit status, not a hang."""
+    home.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "HFLOCAL_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.Popen(
+        serve_args(ports or (free_port(), free_port(), free_port())), env=full_env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2],
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def start_agent(
     home: Path,
     *,
@@ -81,13 +123,7 @@ def start_agent(
     http, req, pub = ports or (free_port(), free_port(), free_port())
     log = home / f"serve-{time.monotonic_ns()}.log"
     full_env = {**os.environ, "HFLOCAL_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
-    args = [
-        sys.executable, "-m", "cli.main", "serve",
-        "--port", str(http),
-        "--zmq-request", f"tcp://127.0.0.1:{req}",
-        "--zmq-events", f"tcp://127.0.0.1:{pub}",
-        *extra_args,
-    ]
+    args = [*serve_args((http, req, pub)), *extra_args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parents[2])
     deadline = time.monotonic() + timeout
