@@ -87,8 +87,8 @@ class ModelTokenizer:
         if not path.is_file():
             raise ModelLoadError(f"missing tokenizer.json in {folder}")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-            self._tok = Tokenizer.from_str(json.dumps(raw))
+            self._tok = Tokenizer.from_file(str(path))
+            decoder = json.loads(self._tok.decoder.__getstate__()) if self._tok.decoder is not None else None
         except Exception as exc:  # tokenizers raises plain Exception on a bad file
             raise ModelLoadError(f"cannot read tokenizer.json: {exc}") from exc
         self.config = tokenizer_config
@@ -126,7 +126,7 @@ class ModelTokenizer:
         added = self._tok.get_added_tokens_decoder()
         self._added_content = {i: t.content for i, t in added.items()}
         self.special_ids = frozenset(i for i, t in added.items() if t.special)
-        kinds = _decoder_kinds(raw.get("decoder"))
+        kinds = _decoder_kinds(decoder)
         self._byte_level = "ByteLevel" in kinds
         self._metaspace = "Metaspace" in kinds
         self._byte_fallback = "ByteFallback" in kinds

@@ -3,12 +3,16 @@ SentencePiece-style metaspace with byte fallback)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 from agent.engine.detokenize import IncrementalDetokenizer, StopMatcher
+from agent.engine.model_files import ModelConfig
+from agent.engine.tokenizer import ModelTokenizer
 from tests.engine.graphs import sentencepiece_style_tokenizer
 from tests.fakes.tiny_model import train_tokenizer
 
@@ -154,3 +158,28 @@ def test_streamed_cut_equals_cut_of_whole_text(whole: str, stops: list[str], dat
         assert stopped and "".join(out) == whole[: min(found)[1]]
     else:
         assert not stopped and "".join(out) + rest == whole
+
+
+# -- token bytes (logprobs' ``bytes`` and the text a token adds) ----------------------------------
+
+
+def model_tokenizer(tok: Tokenizer, tmp_path: Path) -> ModelTokenizer:
+    tok.save(str(tmp_path / "tokenizer.json"))
+    config = ModelConfig(context_length=64, num_layers=None, num_kv_heads=None, head_dim=None, vocab_size=None,
+                         eos_token_ids=frozenset(), bos_token_id=None)
+    return ModelTokenizer(tmp_path, config, {})
+
+
+@pytest.mark.parametrize("sample", ["The capital of 日本 is Paris 🙂", "café  naïve\n\tdone"])
+def test_token_bytes_rebuild_the_text(byte_level: Tokenizer, metaspace: Tokenizer, tmp_path: Path, sample: str) -> None:
+    for name, tok in (("byte", byte_level), ("meta", metaspace)):
+        folder = tmp_path / name
+        folder.mkdir()
+        model_tok = model_tokenizer(tok, folder)
+        ids = tok.encode(sample, add_special_tokens=False).ids
+        joined = b"".join(model_tok.token_bytes(i) for i in ids)
+        # SentencePiece's first-word space is a tokenizer artefact that decode strips.
+        assert joined.decode("utf-8") == (sample if name == "byte" else " " + sample)
+        partial = [i for i in ids if len(model_tok.token_bytes(i)) == 1 and model_tok.token_bytes(i)[0] >= 0x80]
+        assert all(model_tok.token_text(i) == "\ufffd" for i in partial)  # part of a character
+        assert partial or "日本" not in sample
