@@ -16,10 +16,13 @@ A failed import leaves no entry and no half-written folder behind.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import re
+import shlex
 import shutil
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -30,17 +33,26 @@ from agent.errors import AgentError, BadRequestError, QuantNotOfferedError, Unsu
 from agent.hub import offered_quantizations, select_files
 from agent.store import new_entry, utc_now
 from agent.variants import VariantKey, normalize_quantization, validate_model_id
-from ipc.messages import ImportFailed, ImportFinished, ImportProgress, ModelsChanged
+from ipc.messages import ERROR_CODES, ImportFailed, ImportFinished, ImportProgress, ModelsChanged
 
 if TYPE_CHECKING:
     from agent.runtime import Runtime
 
 log = logging.getLogger("hflocal.imports")
 
-CONVERT_HINT = (
-    "converting a checkpoint needs the conversion extra: "
-    "pip install 'hflocal[convert]' -c constraints.txt (it installs torch 2.13.0 CPU and optimum)"
-)
+
+def convert_hint() -> str:
+    """The exact command that installs the ``convert`` extra into the Python running the worker."""
+    root = Path(__file__).resolve().parents[1]
+    pip = f"{shlex.quote(sys.executable)} -m pip install"
+    if (root / "pyproject.toml").is_file() and (root / "constraints.txt").is_file():
+        command = f"{pip} -c {shlex.quote(str(root / 'constraints.txt'))} -e {shlex.quote(str(root) + '[convert]')}"
+    else:
+        command = f"{pip} 'hflocal[convert]' torch==2.13.0"
+    return (
+        "converting a checkpoint needs the convert extra (optimum-onnx, transformers, torch 2.13.0 CPU); "
+        f"install it with: {command}"
+    )
 
 
 class MissingExtraError(AgentError):
@@ -51,6 +63,28 @@ def slug(text: str) -> str:
     """A model-id-safe name part from free text (a GGUF's ``general.name`` or a file name)."""
     cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
     return (cleaned or "model")[:80]
+
+
+_QUANT_SUFFIX = re.compile(r"[-._](?:ud-)?(?:i?q\d\w*|f16|f32|bf16|fp16|fp32)$", re.IGNORECASE)
+
+
+def default_model_name(path: Path) -> str:
+    """The name part of ``local/<name>`` when the user gives none.
+
+    A GGUF is named after its file without the quantization suffix
+    (``SmolLM2-135M-Instruct.Q4_1.gguf`` → ``SmolLM2-135M-Instruct``): file names are what users
+    chose and recognise, while ``general.name`` is often a training-run label. A folder is named
+    after itself, or after its repo when it is a Hugging Face cache snapshot
+    (``models--org--name/snapshots/<commit>`` → ``name``).
+    """
+    if path.is_file():
+        stem = path.stem
+        while (trimmed := _QUANT_SUFFIX.sub("", stem)) != stem and trimmed:
+            stem = trimmed
+        return slug(stem)
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return slug(path.parent.parent.name.split("--")[-1])
+    return slug(path.name)
 
 
 def detect_kind(path: Path) -> str:
@@ -74,17 +108,26 @@ def detect_kind(path: Path) -> str:
     raise BadRequestError(f"{path} does not exist")
 
 
+Observer = Callable[[str, int, int], None]
+
+
 class Imports:
     """Runs import jobs in threads and reports them as ``import.*`` events."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self._threads: dict[str, threading.Thread] = {}
+        self._results: dict[str, list[str] | AgentError] = {}
         self._busy: set[str] = set()
         self._lock = threading.Lock()
 
-    async def start(self, path_text: str, quantizations: list[str], model_id: str | None) -> tuple[str, str]:
-        """Check the request and start the job; returns ``(job_id, key of the first variant)``."""
+    async def start(
+        self, path_text: str, quantizations: list[str], model_id: str | None, *, observer: Observer | None = None
+    ) -> tuple[str, str]:
+        """Check the request and start the job; returns ``(job_id, key of the first variant)``.
+
+        ``observer(stage, done, total)``, if given, sees every progress report (not rate-limited),
+        from the import thread; the quickstart prints them on the terminal."""
         path = Path(path_text).expanduser()
         if not path.is_absolute():
             raise BadRequestError(f"import needs an absolute path, got {path_text!r}")
@@ -92,12 +135,9 @@ class Imports:
         kind = await asyncio.to_thread(detect_kind, path)
         quants = [normalize_quantization(q) for q in quantizations] or ["q4"]
         if kind == "gguf":
-            summary = await asyncio.to_thread(_inspect, path)
-            default_name = summary.name or path.stem
-        else:
-            default_name = path.name
+            await asyncio.to_thread(_inspect, path)  # refuse what cannot be converted before starting
         if kind == "checkpoint" and not _has_converter():
-            raise MissingExtraError(CONVERT_HINT)
+            raise MissingExtraError(convert_hint())
         if kind == "onnx":
             names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
             offered = offered_quantizations(names)
@@ -105,10 +145,12 @@ class Imports:
                 quants = offered
             missing = [q for q in quants if q not in offered]
             if missing:
-                raise QuantNotOfferedError(
-                    f"{path} does not contain {', '.join(missing)}; it has {', '.join(offered)}"
+                raise AgentError(
+                    f"{path} does not contain {', '.join(missing)}; it has {', '.join(offered)}",
+                    code=QuantNotOfferedError.code,
+                    details={"quantization": missing[0], "offered": offered},
                 )
-        model_id = validate_model_id(model_id) if model_id else f"local/{slug(default_name)}"
+        model_id = validate_model_id(model_id) if model_id else f"local/{default_model_name(path)}"
         key = str(VariantKey.make(model_id, quants[0], "auto"))
         with self._lock:
             if model_id in self._busy:
@@ -116,19 +158,37 @@ class Imports:
             self._busy.add(model_id)
         job_id = uuid.uuid4().hex[:12]
         thread = threading.Thread(
-            target=self._run, args=(job_id, kind, path, model_id, list(dict.fromkeys(quants))),
+            target=self._run, args=(job_id, kind, path, model_id, list(dict.fromkeys(quants)), observer),
             name=f"import-{job_id}", daemon=True,
         )
         self._threads[job_id] = thread
         thread.start()
         return job_id, key
 
-    def _progress(self, job_id: str) -> Callable[[str, int, int], None]:
+    async def wait(self, job_id: str) -> list[str]:
+        """Wait for job ``job_id`` to end; returns its keys or raises its error (``AgentError``)."""
+        thread = self._threads.get(job_id)
+        if thread is None:
+            raise AgentError(f"no import job {job_id}", code="not_found")
+        await asyncio.to_thread(thread.join)
+        result = self._results.get(job_id)
+        if isinstance(result, AgentError):
+            raise result
+        if result is None:
+            raise AgentError(f"import job {job_id} ended without a result", code="internal")
+        return result
+
+    def _progress(self, job_id: str, observer: Observer | None) -> Callable[[str, int, int], None]:
         last = [0.0]
 
         def report(stage: str, done: int, total: int) -> None:
             import time
 
+            if observer is not None:
+                try:
+                    observer(stage, done, total)
+                except Exception:  # noqa: BLE001 - a display bug must not fail the import
+                    log.exception("import progress observer failed")
             now = time.monotonic()
             if done in (0, total) or now - last[0] >= 0.2:
                 last[0] = now
@@ -136,11 +196,13 @@ class Imports:
 
         return report
 
-    def _run(self, job_id: str, kind: str, source: Path, model_id: str, quants: list[str]) -> None:
+    def _run(
+        self, job_id: str, kind: str, source: Path, model_id: str, quants: list[str], observer: Observer | None
+    ) -> None:
         org, name = model_id.split("/", 1)
         final = self.rt.paths.imported / org / name
         staging = final.with_name(f".{name}.importing-{job_id}")
-        report = self._progress(job_id)
+        report = self._progress(job_id, observer)
         try:
             if kind == "gguf":
                 from agent.convert.gguf_import import import_gguf
@@ -149,28 +211,39 @@ class Imports:
             elif kind == "onnx":
                 _copy_onnx_folder(source, staging, quants, report)
             else:
-                from agent.convert.checkpoint import export_checkpoint  # type: ignore[import-not-found]
+                from agent.convert.checkpoint import export_checkpoint
 
                 export_checkpoint(source, staging, quants, report)
-            keys = self._install(model_id, staging, final, quants)
+            keys, reactivate = self._install(model_id, staging, final, quants)
         except Exception as exc:  # noqa: BLE001 - every failure becomes an import.failed event
             shutil.rmtree(staging, ignore_errors=True)
             code = getattr(exc, "code", None) or ("unsupported" if isinstance(exc, ValueError) else "internal")
-            message = str(exc) if code != "internal" else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                code = "disk_full"
+            if code not in ERROR_CODES:
+                code = "internal"
+            message = " ".join((str(exc) if code != "internal" else f"{type(exc).__name__}: {exc}").split())
             if code == "internal":
                 log.exception("import of %s failed", source)
+            self._results[job_id] = AgentError(message, code=code)
             self.rt.publish(ImportFailed(job_id=job_id, code=code, message=message))
             return
         finally:
             with self._lock:
                 self._busy.discard(model_id)
+        self._results[job_id] = keys
         self.rt.publish(ImportFinished(job_id=job_id, keys=keys))
         self.rt.publish(ModelsChanged(keys=[e.key for e in self.rt.store.list()]))
+        if reactivate is not None:
+            self.rt.activate_threadsafe(reactivate)
 
-    def _install(self, model_id: str, staging: Path, final: Path, quants: list[str]) -> list[str]:
-        """Swap the finished folder into place and record one entry per quantization."""
+    def _install(self, model_id: str, staging: Path, final: Path, quants: list[str]) -> tuple[list[str], str | None]:
+        """Swap the finished folder into place and record one entry per quantization; returns the
+        keys and the one to make active again (the active model was replaced, so it was unloaded)."""
         store = self.rt.store
         keys = [str(VariantKey.make(model_id, q, "auto")) for q in quants]
+        active = self.rt.pool.active
+        reactivate = active if active in keys else None
         for key in keys:
             if store.get(key) is not None:
                 self.rt.pool_forget_threadsafe(key)
@@ -199,7 +272,7 @@ class Imports:
                     status="ready", source="import", downloaded_at=utc_now(), commit=None,
                 )
             )
-        return keys
+        return keys, reactivate
 
     async def close(self) -> None:
         for thread in list(self._threads.values()):

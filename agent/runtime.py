@@ -122,6 +122,10 @@ class Runtime:
         task.add_done_callback(_log_task_error)
         return job_id
 
+    def activate_threadsafe(self, key: str) -> None:
+        """From a worker thread: ``activate(key)`` on the event loop (without waiting for the load)."""
+        self._loop.call_soon_threadsafe(self.activate, key)
+
     def pool_forget_threadsafe(self, key: str, timeout: float = 30.0) -> None:
         """From a worker thread: make the pool forget ``key`` and wait until it has."""
         future = asyncio.run_coroutine_threadsafe(self.pool.forget(key), self._loop)
