@@ -108,6 +108,7 @@ class Runtime:
         )
         self._loop = asyncio.get_running_loop()
         self._serving = False
+        self._quickstart: asyncio.Future[str | None] | None = None
 
     # ------------------------------------------------------------------ requests
 
@@ -161,13 +162,21 @@ class Runtime:
         app = create_app(self.pool, self.settings)
         await serve_http(app, host, port, stop, sock=sock)
 
-    def started_serving(self) -> None:
-        """Called once clients can connect: resume interrupted downloads, load the active model."""
+    def started_serving(self, *, default_model: bool = False) -> None:
+        """Called once clients can connect: resume interrupted downloads, load the active model.
+        With ``default_model`` (``serve --default-model``) ``agent.quickstart`` also makes sure one
+        is installed and active first."""
         self._serving = True
         if self.settings.hub.resume_on_start and self.store.interrupted():
             # Resuming asks the Hub about each repo first, which may hang on a slow or dead Hub: never
             # on the event loop (pings and HTTP must answer meanwhile), never joined at exit.
             threading.Thread(target=self._resume_interrupted, name="resume-downloads", daemon=True).start()
+        if default_model:
+            from agent.quickstart import ensure_default_model
+
+            self._quickstart = asyncio.ensure_future(ensure_default_model(self))
+            self._quickstart.add_done_callback(_log_task_error)
+            return
         active = self.store.active
         if active is not None:
             entry = self.store.get(active)

@@ -51,6 +51,8 @@ class WorkerOptions:
     zmq_request: str | None = None
     zmq_events: str | None = None
     parent_pid: int | None = None
+    default_model: bool = False
+    """Make sure a real model is installed and active (``agent.quickstart``)."""
 
 
 class StartupError(RuntimeError):
@@ -222,7 +224,7 @@ async def _main(paths: Paths, settings: Settings, options: WorkerOptions) -> int
         write_connection(paths.connection, info)
         log.info("agent ready: %s, zmq %s / %s, home %s", http_url, server.endpoint, publisher.endpoint, paths.home)
         print(f"hflocal agent ready: API {http_url}/v1 (home {paths.home})", file=sys.stderr, flush=True)
-        runtime.started_serving()
+        runtime.started_serving(default_model=options.default_model)
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         crashed = not stop.is_set()  # a server ended without being asked to: the worker cannot go on
         stop.set()

