@@ -99,6 +99,9 @@ class Delete(Request, tag="delete", kw_only=True):
 class Activate(Request, tag="activate", kw_only=True):
     """Make an installed variant the active model (remembered across restarts) and load it.
 
+    ``key`` is a full variant key, ``org/name::quant`` (on whichever device it was installed for) or a
+    bare model id (its active variant, else its first ready one in q4, q8, fp16, fp32 order).
+
     Replies ``JobAccepted`` at once; ``model.loading`` then ``model.ready`` or ``model.failed`` follow.
     """
 
@@ -174,7 +177,8 @@ class StatusResult(Message, kw_only=True):
     """A variant being loaded to become the active model (``active`` switches once it is ready)."""
     loaded: list[str] = msgspec.field(default_factory=list)
     model_state: str = "none"
-    """``none`` | ``loading`` | ``ready`` | ``failed``: the state of the active model."""
+    """The active model's state: ``none`` (no active model), ``loading``, ``ready``, ``failed`` (its last
+    load failed; ``model_error`` says why) or ``unloaded`` (not in memory; it loads on the next request)."""
     model_error: str | None = None
     provider: str | None = None
     downloads: list[DownloadInfo] = msgspec.field(default_factory=list)
@@ -441,6 +445,7 @@ class WorkerStatus(Event, tag="worker.status", kw_only=True):
     """``starting`` | ``ready`` | ``stopping``."""
     active: str | None = None
     model_state: str = "none"
+    """As ``StatusResult.model_state``."""
     downloads: int = 0
     http_url: str = ""
 

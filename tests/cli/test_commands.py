@@ -273,3 +273,17 @@ def test_a_stale_agent_json_means_no_agent(hermetic_home: Path) -> None:
     }))
     line = fails(hermetic_home, "status")
     assert "stale agent.json" in line and "hflocal serve" in line
+
+
+def test_rm_of_the_active_model_leaves_none_active(agent: AgentProcess) -> None:
+    ok(agent, "pull", TINY, "--quant", "q4")
+    ok(agent, "use", Q4)
+    assert httpx.get(agent.http_url + "/health", timeout=10).json()["model"] == Q4
+    ok(agent, "rm", Q4)
+    status = ok_json(agent, "status")
+    assert status["active"] is None and status["loaded"] == [] and status["model_state"] == "none"
+    assert httpx.get(agent.http_url + "/health", timeout=10).json()["model"] is None
+    refused = httpx.post(agent.http_url + "/v1/chat/completions", timeout=30,
+                         json={"messages": [{"role": "user", "content": "Hi"}]})
+    assert refused.status_code >= 400 and refused.json()["error"]["message"]
+    assert json.loads((agent.home / "manifest.json").read_text())["active"] is None
