@@ -83,10 +83,57 @@ def run_tray(home: Path | None = None) -> int:
         lock.close()
 
 
+def _has_status_notifier_host() -> bool | None:
+    """Whether a StatusNotifier (AppIndicator) host is on the session bus; ``None`` if unknown."""
+    try:
+        import gi
+
+        gi.require_version("Gio", "2.0")
+        from gi.repository import Gio, GLib
+
+        bus = Gio.bus_get_sync(Gio.BusType.SESSION, None)
+        reply = bus.call_sync(
+            "org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "NameHasOwner",
+            GLib.Variant("(s)", ("org.kde.StatusNotifierWatcher",)), GLib.VariantType("(b)"),
+            Gio.DBusCallFlags.NONE, 2000, None,
+        )
+        return bool(reply.unpack()[0])
+    except Exception:  # noqa: BLE001 - no gi, no bus: let pystray choose
+        return None
+
+
+def _appindicator_available() -> bool:
+    import gi
+
+    for name in ("AyatanaAppIndicator3", "AppIndicator3"):
+        try:
+            gi.require_version(name, "0.1")
+            return True
+        except ValueError:
+            continue
+    return False
+
+
+def choose_linux_backend() -> str | None:
+    """AppIndicator where a StatusNotifier host shows it (GNOME with the extension, KDE, XFCE...),
+    else GTK's status icon for XEmbed trays (trayer, stalonetray, older panels), which also tells us
+    the exact icon size so the icon is drawn for it rather than scaled. ``PYSTRAY_BACKEND`` wins."""
+    if os.environ.get("PYSTRAY_BACKEND"):
+        return os.environ["PYSTRAY_BACKEND"]
+    has_host = _has_status_notifier_host()
+    if has_host is None:
+        return None
+    backend = "appindicator" if has_host and _appindicator_available() else "gtk"
+    os.environ["PYSTRAY_BACKEND"] = backend
+    return backend
+
+
 def _import_pystray() -> Any:
     """pystray picks its backend at import; without a display that fails with Xlib's own errors."""
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         raise TrayError("no graphical session (DISPLAY is not set); run the agent headless with `hflocal serve`")
+    if sys.platform.startswith("linux"):
+        choose_linux_backend()
     try:
         import pystray
     except Exception as exc:  # noqa: BLE001 - ImportError, or Xlib's DisplayNameError/DisplayConnectionError
@@ -116,7 +163,8 @@ def _run(home: Path) -> int:
     default = None
     if backend == "xorg":
         print(XORG_MESSAGE, file=sys.stderr)
-        default = OpenSettings()
+    if backend in ("xorg", "gtk"):
+        default = OpenSettings()  # a plain click on these icons runs the default item (bold in the menu)
 
     icon = pystray.Icon("hflocal", render(IconState("starting"), ICON_SIZE), "hflocal: starting")
 
@@ -131,6 +179,7 @@ def _run(home: Path) -> int:
     controller = Controller(home, view, autostart=autostart)
     holder["c"] = controller
     view.apply(controller.snapshot)
+    view.follow_icon_size()
 
     def on_signal(signum: int, frame: Any) -> None:
         log.info("signal %s: quitting", signal.Signals(signum).name)

@@ -45,7 +45,7 @@ def icon_state(s: Snapshot) -> IconState:
     """The badge for a snapshot: error first, then downloads, loading, starting, ready."""
     if s.runtime == "failed" or (s.runtime == "ready" and s.model_state == "failed" and not s.activating):
         return IconState("error")
-    if s.runtime in ("starting", "restarting", "stopping"):
+    if s.runtime in ("starting", "restarting", "stopping") or (s.runtime == "ready" and not s.synced):
         return IconState("starting")
     if s.runtime == "stopped":
         return IconState("stopped")
@@ -59,14 +59,16 @@ def icon_state(s: Snapshot) -> IconState:
 
 @lru_cache(maxsize=16)
 def logo(size: int) -> Image.Image:
-    """The logo at ``size`` px: the PNG drawn for that size, else the next larger one scaled down."""
-    best = next((n for n in LOGO_SIZES if n >= size), LOGO_SIZES[-1])
-    with Image.open(assets.path(f"logo-{best}.png")) as img:
-        img = img.convert("RGBA")
-        img.load()
-    if best != size:
-        img = img.resize((size, size), Image.Resampling.LANCZOS)
-    return img
+    """The logo at ``size`` px: the PNG in ``assets/`` for the usual sizes, else drawn on that size's
+    own pixel grid by the same code that drew the PNGs (never a blurred rescale)."""
+    if size in LOGO_SIZES:
+        with Image.open(assets.path(f"logo-{size}.png")) as img:
+            img = img.convert("RGBA")
+            img.load()
+        return img
+    from assets.draw_logo import draw_logo
+
+    return draw_logo(size)
 
 
 def _badge(size: int, state: IconState) -> Image.Image:

@@ -98,6 +98,8 @@ class Snapshot:
     switch_job: str | None = None
     autostart: bool | None = None
     """Start at login: ``None`` until it has been read."""
+    synced: bool = False
+    """The installed models of the current worker have been read (the menu is complete)."""
 
     @property
     def api_url(self) -> str | None:
@@ -191,7 +193,7 @@ def reduce(s: Snapshot, obs: object) -> Result:
             if s.crash is not None:
                 notices = (Notice("restarted", "hflocal runtime restarted", f"It had stopped unexpectedly ({s.crash}) and is running again."),)
             return replace(s, runtime="ready", pid=info.pid, attached=attached, http_url=info.http_url,
-                           token=info.token, error=None, crash=None), notices
+                           token=info.token, error=None, crash=None, synced=False), notices
         case WorkerDown(reason=reason, crashed=crashed):
             return replace(
                 s,
@@ -240,7 +242,7 @@ def reduce(s: Snapshot, obs: object) -> Result:
                          error=m.error, size=m.size) for m in models),
                 key=lambda v: (v.model_id.lower(), v.quantization, v.key),
             ))
-            return replace(s, installed=installed), ()
+            return replace(s, installed=installed, synced=True), ()
         # ---- events (hints)
         case DownloadStarted():
             row = DownloadRow(job_id=obs.job_id, key=obs.key, model_id=obs.model_id, quantization=obs.quantization,
@@ -310,6 +312,8 @@ def needs_refresh(s: Snapshot, obs: object) -> tuple[bool, bool]:
         case ModelActivated() | ModelFailed() | DownloadFailed() | DownloadStarted():
             return True, False
         case WorkerStatus(active=active, model_state=state, downloads=count):
+            if not s.synced:
+                return True, True  # the first refresh failed or was missed: try again
             return (active != s.active or state != s.model_state or count != len(s.downloads)), False
     return False, False
 

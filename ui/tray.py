@@ -103,6 +103,7 @@ class PystrayView:
         self._icon_state: IconState | None = None
         self._title: str | None = None
         self.menu_builds = 0
+        self.size = ICON_SIZE
 
     # ------------------------------------------------------------------ View
 
@@ -130,6 +131,30 @@ class PystrayView:
                 self._timer.cancel()
         self.icon.stop()
 
+    def follow_icon_size(self) -> bool:
+        """With GTK's status icon, redraw the icon at the size the tray gives it (crisp, not scaled)."""
+        status_icon = getattr(self.icon, "_status_icon", None)  # pystray's gtk backend
+        if status_icon is None:
+            return False
+
+        def on_size(_status_icon: Any, size: int) -> bool:
+            self.set_size(int(size))
+            return False  # GTK scales the current image until ours arrives
+
+        status_icon.connect("size-changed", on_size)
+        return True
+
+    def set_size(self, size: int) -> None:
+        size = max(16, min(256, size))
+        with self._lock:
+            if size == self.size:
+                return
+            self.size = size
+            state = self._icon_state
+        log.info("the tray gives the icon %d px", size)
+        if state is not None:
+            self.icon.icon = render(state, size)
+
     # ------------------------------------------------------------------ applying
 
     def _flush(self) -> None:
@@ -144,7 +169,7 @@ class PystrayView:
         state = icon_state(snapshot)
         if state != self._icon_state:
             self._icon_state = state
-            self.icon.icon = render(state, ICON_SIZE)
+            self.icon.icon = render(state, self.size)
         title = title_text(snapshot)
         if title != self._title:
             self._title = title

@@ -131,7 +131,9 @@ def test_giving_up_notifies_and_a_clean_stop_does_not() -> None:
 def test_heartbeat_updates_state_and_asks_for_a_refresh_when_it_disagrees() -> None:
     s, _ = run(WorkerUp(info()), status(active=KEY_A, model_state="ready"))
     beat = WorkerStatus(pid=4242, state="ready", active=KEY_A, model_state="ready", downloads=0)
-    assert needs_refresh(s, beat) == (False, False)
+    assert needs_refresh(s, beat) == (True, True)  # installed models never arrived: ask again
+    s, _ = run(installed(KEY_A), start=s)
+    assert s.synced and needs_refresh(s, beat) == (False, False)
     assert needs_refresh(s, WorkerStatus(pid=4242, state="ready", active=KEY_A, model_state="ready", downloads=1)) == (True, False)
     assert needs_refresh(s, WorkerUp(info())) == (True, True)
 
