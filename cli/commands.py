@@ -14,7 +14,7 @@ import msgspec
 
 from cli import output
 from ipc.client import CallTimeout, Client, RemoteError, agent_json_path
-from ipc.connection import AgentNotRunning
+from ipc.connection import AgentNotRunning, pid_alive
 from ipc.messages import (
     Activate,
     CancelDownload,
@@ -63,6 +63,9 @@ def call(client: Client, request: Request, timeout: float | None = None) -> Any:
     except RemoteError as exc:
         raise CliError(exc.message) from None
     except CallTimeout as exc:
+        pid = client.connection.pid
+        if not pid_alive(pid):
+            raise CliError(f"the agent (pid {pid}) stopped before answering; start it again with `hflocal serve`") from None
         raise CliError(str(exc)) from None
 
 

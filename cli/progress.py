@@ -15,6 +15,7 @@ from tqdm import tqdm
 from cli.commands import CliError, call, cancel, emit_json
 from cli.output import human_bytes, human_seconds
 from ipc.client import Client
+from ipc.connection import pid_alive
 from ipc.events import EventSubscriber
 from ipc.messages import (
     Activate,
@@ -107,8 +108,16 @@ def follow_download(client: Client, request: Download, *, detach: bool, as_json:
             return 130
 
 
+def _check_alive(client: Client, what: str) -> None:
+    """Fail at once, saying so, if the agent process is gone (rather than after a call's deadline)."""
+    pid = client.connection.pid
+    if not pid_alive(pid):
+        raise CliError(f"the agent (pid {pid}) stopped; start it again with `hflocal serve` and {what}")
+
+
 def _poll_download(client: Client, accepted: JobAccepted) -> int | None:
     """The installed size if the job ended well, ``None`` if it still runs; raises if it failed."""
+    _check_alive(client, "the download resumes")
     status: StatusResult = call(client, Status())
     if any(d.job_id == accepted.job_id for d in status.downloads):
         return None
@@ -151,6 +160,7 @@ def follow_activation(client: Client, key: str, *, wait: bool, as_json: bool) ->
                 raise CliError(f"{key} could not be loaded: {event.message}")
             if time.monotonic() - last_poll >= POLL_EVERY:
                 last_poll = time.monotonic()
+                _check_alive(client, f"`hflocal use {key}` again")
                 status: StatusResult = call(client, Status())
                 if status.active == key and status.model_state == "ready":
                     return _activated(key, status.provider or "", as_json)

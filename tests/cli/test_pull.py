@@ -131,3 +131,22 @@ def test_progress_bar_on_a_terminal(agent: AgentProcess, hub: HubServer, hub_rep
     assert any("B/s" in f for f in frames)
     assert out.startswith(f"installed {KEY}")
     assert json.loads(cli("ls", "--json", home=agent.home).stdout)["models"][0]["status"] == "ready"
+
+
+def test_pull_says_so_when_the_agent_dies(agent: AgentProcess, hub: HubServer, hub_repos: HubRepos) -> None:
+    publish(hub_repos, BIG, big_repo_files(SIZE))
+    hub.control.add_fault(DATA, rate_limit_bytes_per_s=1_000_000, times=-1)
+    proc = pull_process(agent.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: partial_bytes(agent.home, BIG) >= MIB, 60, "1 MiB on disk")
+        agent.kill()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, (out, err)
+    last = err.strip().splitlines()[-1]
+    assert last == (f"hflocal: the agent (pid {agent.proc.pid}) stopped; start it again with `hflocal serve` "
+                    "and the download resumes"), err
+    assert "Traceback" not in err
