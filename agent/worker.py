@@ -15,6 +15,7 @@ import fcntl
 import logging
 import logging.handlers
 import os
+import re
 import secrets
 import signal
 import socket
@@ -68,11 +69,20 @@ def _apply_options(settings: Settings, options: WorkerOptions) -> Settings:
             raise StartupError(f"--port {options.port} is not a port number (0-65535)")
         http = msgspec.structs.replace(http, port=options.port)
     zmq_settings = settings.zmq
+    for flag, value in (("--zmq-request", options.zmq_request), ("--zmq-events", options.zmq_events)):
+        if value and not _ENDPOINT.match(value):
+            raise StartupError(f"{flag} {value!r} is not a ZeroMQ endpoint such as tcp://127.0.0.1:9232 or ipc:///path")
     if options.zmq_request:
         zmq_settings = msgspec.structs.replace(zmq_settings, request=options.zmq_request)
     if options.zmq_events:
         zmq_settings = msgspec.structs.replace(zmq_settings, events=options.zmq_events)
+    if zmq_settings.request == zmq_settings.events:
+        raise StartupError(f"the ZeroMQ request and event endpoints must differ (both are {zmq_settings.request})")
     return msgspec.structs.replace(settings, http=http, zmq=zmq_settings)
+
+
+_ENDPOINT = re.compile(r"^(tcp://[^\s:]+:\d{1,5}|ipc://\S+)$")
+"""What ``--zmq-request``/``--zmq-events`` accept (the same rule as settings.toml's [zmq])."""
 
 
 def _is_loopback(host: str) -> bool:

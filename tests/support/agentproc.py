@@ -91,6 +91,7 @@ def run_serve(
     *,
     ports: tuple[int, int, int] | None = None,
     env: dict[str, str] | None = None,
+    extra_args: tuple[str, ...] = (),
     timeout: float = 60.0,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``hflocal serve`` expecting it to refuse to start; returns the completed process.
@@ -99,7 +100,7 @@ def run_serve(
     home.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "HFLOCAL_HOME": str(home), "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.Popen(
-        serve_args(ports or (free_port(), free_port(), free_port())), env=full_env, text=True,
+        [*serve_args(ports or (free_port(), free_port(), free_port())), *extra_args], env=full_env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2],
     )
     try:

@@ -123,6 +123,23 @@ def test_ports_taken_by_another_agent_on_another_home(tmp_path: Path, agents: li
         assert client.call(Ping()).pid == agent.proc.pid
 
 
+BAD_OPTIONS = [
+    (("--port", "99999"), "--port 99999 is not a port number (0-65535)"),
+    (("--zmq-request", "garbage"), "--zmq-request 'garbage' is not a ZeroMQ endpoint"),
+    (("--zmq-events", "tcp://127.0.0.1"), "--zmq-events 'tcp://127.0.0.1' is not a ZeroMQ endpoint"),
+    (("--zmq-request", "tcp://127.0.0.1:45999", "--zmq-events", "tcp://127.0.0.1:45999"),
+     "the ZeroMQ request and event endpoints must differ (both are tcp://127.0.0.1:45999)"),
+    (("--host", "0.0.0.0"), "refusing to listen on 0.0.0.0: set http.allow_non_loopback = true and http.api_key"),
+]
+
+
+@pytest.mark.parametrize(("args", "words"), BAD_OPTIONS, ids=[o[0][-2] + "=" + o[0][-1] for o in BAD_OPTIONS])
+def test_bad_options_are_one_clear_line(hermetic_home: Path, args: tuple[str, ...], words: str) -> None:
+    line = one_line(run_serve(hermetic_home, extra_args=args))
+    assert words in line, line
+    assert not (hermetic_home / "agent.json").exists()
+
+
 BAD_SETTINGS = [
     ("unparseable", b"[http\nport = 1\n", ["not valid TOML", "left as it is"]),
     ("bad quantization", b'[models]\ndefault_quantization = "q3"\n',
