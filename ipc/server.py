@@ -9,6 +9,7 @@ gets an ``error`` reply. Requests are handled concurrently, so a slow search nev
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
@@ -51,9 +52,9 @@ def bind(socket: zmq.Socket[Any], endpoint: str, what: str) -> str:
         socket.bind(endpoint)
     except zmq.ZMQError as exc:
         socket.close(linger=0)  # an unclosed socket would make Context.term() hang
+        why = "is another hflocal agent or another program using it? " if exc.errno == errno.EADDRINUSE else ""
         raise BindError(
-            f"cannot bind the ZeroMQ {what} socket to {endpoint}: {exc.strerror} "
-            "(is another hflocal agent or another program using it? change it in settings.toml [zmq])"
+            f"cannot bind the ZeroMQ {what} socket to {endpoint}: {exc.strerror} ({why}change it in settings.toml [zmq])"
         ) from None
     return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 

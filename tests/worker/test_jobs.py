@@ -110,6 +110,11 @@ def test_two_variants_download_at_once(agent: AgentProcess, hub: HubServer, hub_
             return {d.key for d in running} == {Q4, FP32} and all(d.done_bytes > 0 for d in running)
 
         wait_until(both_running, 60, "both downloads to be running at once")
+        shown = cli("status", home=agent.home).stdout.splitlines()
+        assert sorted(line.split()[1] for line in shown if line.startswith("download ")) == [FP32, Q4]
+        listed = cli("ls", home=agent.home).stdout.splitlines()[1:]
+        assert sorted((line.split()[0], line.split()[-1]) for line in listed) == [(FP32, "downloading"),
+                                                                                  (Q4, "downloading")]
         assert job_end(events, q4.job_id)[0] == "download.finished"
         assert job_end(events, fp32.job_id)[0] == "download.finished"
         models = {m.key: m for m in client.call(ListInstalled()).models}
