@@ -148,11 +148,14 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def _resolve_key(client: Client, name: str) -> str:
-    """A full variant key for ``name``: itself if it is a key, else the only variant of that model id."""
-    if "::" in name:
+    """A full variant key for ``name``: itself if it is a full key, else the only installed variant of
+    that model id (``org/name``) or of that model id and quantization (``org/name::q4``)."""
+    body = name.removeprefix("huggingface-local/")
+    if body.count("::") >= 2:
         return name
+    model_id, _, quant = body.partition("::")
     installed: InstalledResult = call(client, ListInstalled())
-    matches = [m.key for m in installed.models if m.model_id == name]
+    matches = [m.key for m in installed.models if m.model_id == model_id and quant in ("", m.quantization)]
     if len(matches) == 1:
         return matches[0]
     if not matches:

@@ -145,6 +145,7 @@ def _done(accepted: JobAccepted, size: int, elapsed: float | None, as_json: bool
 def follow_activation(client: Client, key: str, *, wait: bool, as_json: bool) -> int:
     with EventSubscriber(client.connection.event_endpoint, ("model.",)) as events:
         accepted: JobAccepted = call(client, Activate(key=key))
+        key = accepted.key  # the agent's full key for what was asked (events and status use it)
         if not wait:
             if as_json:
                 emit_json(accepted)

@@ -15,7 +15,7 @@ import pytest
 from ipc.messages import ListInstalled
 from tests.fakes.tiny_model import TinyModel
 from tests.hubserver import HubRepos, HubServer
-from tests.support.agentproc import AgentProcess, cli
+from tests.support.agentproc import AgentProcess, cli, start_agent
 from tests.support.worker import TINY, TINY_REPLY, blob, publish, variant_key, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -287,3 +287,22 @@ def test_rm_of_the_active_model_leaves_none_active(agent: AgentProcess) -> None:
                          json={"messages": [{"role": "user", "content": "Hi"}]})
     assert refused.status_code >= 400 and refused.json()["error"]["message"]
     assert json.loads((agent.home / "manifest.json").read_text())["active"] is None
+
+
+def test_pull_defaults_come_from_settings_and_device_from_the_option(
+    tiny_hub: HubServer, hermetic_home: Path, agents: list[AgentProcess], tiny_model: TinyModel
+) -> None:
+    (hermetic_home / "settings.toml").write_text('[models]\ndefault_quantization = "fp32"\ndefault_device = "cpu"\n')
+    agent = start_agent(hermetic_home)
+    agents.append(agent)
+    assert ok_json(agent, "pull", TINY)["key"] == variant_key(TINY, "fp32", "cpu")
+    assert ok_json(agent, "pull", TINY, "--quant", "q4", "--device", "wasm")["key"] == variant_key(TINY, "q4", "cpu")
+    assert ok_json(agent, "pull", TINY, "--quant", "q4", "--device", "auto")["key"] == Q4
+    assert "invalid device" in fails(agent.home, "pull", TINY, "--device", "tpu").lower()
+    keys = sorted(m["key"] for m in ok_json(agent, "ls")["models"])
+    assert keys == sorted([variant_key(TINY, "fp32", "cpu"), variant_key(TINY, "q4", "cpu"), Q4])
+    # One snapshot serves all three: the q4 weights were fetched once.
+    assert len([r for r in tiny_hub.control.requests("GET", f"{TINY}/onnx/model_q4.onnx") if r["status"] == 200]) == 1
+    assert ok(agent, "use", f"{TINY}::fp32").stdout.startswith(f"{variant_key(TINY, 'fp32', 'cpu')} is active")
+    assert ok(agent, "rm", f"{TINY}::fp32").stdout.startswith(f"deleted {variant_key(TINY, 'fp32', 'cpu')} (")
+    assert "several variants" in fails(agent.home, "rm", f"{TINY}::q4")

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.tiny_model import TinyModel
 from tests.hubserver import DEFAULT_TOKEN, HubRepos, HubServer
 from tests.support.agentproc import AgentProcess, cli, free_port, start_agent
+from tests.support.proxy import ForwardingProxy
 from tests.support.worker import TINY, blob, publish, variant_key
 
 pytestmark = pytest.mark.timeout(180)
@@ -96,3 +98,45 @@ def test_too_little_disk_is_refused_before_downloading(
     assert f"not enough disk space in {cache}" in line and "needed" in line and "free" in line
     assert not any(r["status"] == 200 for r in tiny_hub.control.requests("GET") if "resolve" in str(r["path"]))
     assert json.loads(cli("ls", "--json", home=hermetic_home).stdout) == {"models": []}
+
+
+def test_the_hub_through_an_http_proxy(tiny_hub: HubServer, hermetic_home: Path, agents: list[AgentProcess]) -> None:
+    with ForwardingProxy() as proxy:
+        # NO_PROXY is emptied: the hub is on 127.0.0.1, which the test environment otherwise exempts.
+        agent = start_agent(hermetic_home, env={"HTTP_PROXY": proxy.url, "NO_PROXY": "", "no_proxy": ""})
+        agents.append(agent)
+        assert TINY in cli("search", "tiny", home=hermetic_home).stdout
+        pulled = cli("pull", TINY, "--quant", "q4", home=hermetic_home)
+        assert pulled.returncode == 0, pulled.stderr
+        assert agent.stop() == 0
+    urls = [url for _, url in proxy.seen]
+    assert all(url.startswith(tiny_hub.url + "/") for url in urls)
+    assert any("/api/models?" in url for url in urls)  # the search
+    assert any(url.endswith("/onnx/model_q4.onnx") for url in urls)  # the download
+    hub_saw = [r for r in tiny_hub.control.requests("GET") if str(r["path"]).endswith("/onnx/model_q4.onnx")]
+    assert len(hub_saw) == 1 and hub_saw[0]["status"] == 200
+
+
+def test_a_corrupted_transfer_is_refused_and_a_second_pull_repairs_it(
+    tiny_hub: HubServer, tiny_model: TinyModel, hermetic_home: Path, agents: list[AgentProcess]
+) -> None:
+    agent = start_agent(hermetic_home)
+    agents.append(agent)
+    tiny_hub.control.add_fault(f"{TINY}/onnx/model_q4.onnx", corrupt=True)
+    failed = cli("pull", TINY, "--quant", "q4", home=hermetic_home)
+    assert failed.returncode == 1 and failed.stdout == ""
+    # The job had started ("pulling ..."), then its failure is one line.
+    assert failed.stderr.splitlines()[:-1] == [f"pulling {variant_key(TINY, 'q4')}"], failed.stderr
+    line = failed.stderr.splitlines()[-1]
+    assert line.startswith(f"hflocal: download of {variant_key(TINY, 'q4')} failed: ")
+    assert "onnx/model_q4.onnx of onnx-community/Tiny-Chat did not match its sha256" in line
+    listed = json.loads(cli("ls", "--json", home=hermetic_home).stdout)["models"]
+    assert [(m["key"], m["status"]) for m in listed] == [(variant_key(TINY, "q4"), "error")]
+    assert "sha256" in listed[0]["error"]
+
+    pulled = cli("pull", TINY, "--quant", "q4", home=hermetic_home)
+    assert pulled.returncode == 0, pulled.stderr
+    entry = json.loads((hermetic_home / "manifest.json").read_text())["variants"][variant_key(TINY, "q4")]
+    assert entry["status"] == "ready" and entry["error"] is None
+    good = (tiny_model.path / "onnx/model_q4.onnx").read_bytes()
+    assert (Path(entry["path"]) / "onnx/model_q4.onnx").read_bytes() == good
