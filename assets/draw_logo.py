@@ -22,7 +22,7 @@ SUPERSAMPLE = 4
 
 
 def _px(fraction: float, size: int) -> int:
-    return int(round(fraction * size))
+    return round(fraction * size)
 
 
 def draw_logo(size: int) -> Image.Image:

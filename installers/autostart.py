@@ -202,7 +202,7 @@ def _systemctl_reload() -> None:
     if shutil.which("systemctl") is None:
         return
     try:
-        subprocess.run(["systemctl", "--user", "daemon-reload"], timeout=10, capture_output=True)
+        subprocess.run(["systemctl", "--user", "daemon-reload"], timeout=10, capture_output=True, check=False)
     except (OSError, subprocess.SubprocessError):
         pass
 
@@ -254,6 +254,8 @@ def _mac_enable(loc: Locations, mode: str, argv: Sequence[str], home: str | None
 
 
 def _winreg_get(name: str) -> str | None:  # pragma: no cover - Windows only
+    if sys.platform != "win32":
+        raise AutostartError("the Run key exists only on Windows")
     import winreg
 
     try:
@@ -265,6 +267,8 @@ def _winreg_get(name: str) -> str | None:  # pragma: no cover - Windows only
 
 
 def _winreg_set(name: str, value: str) -> None:  # pragma: no cover - Windows only
+    if sys.platform != "win32":
+        raise AutostartError("the Run key exists only on Windows")
     import winreg
 
     with winreg.CreateKey(winreg.HKEY_CURRENT_USER, RUN_KEY) as key:
@@ -272,6 +276,8 @@ def _winreg_set(name: str, value: str) -> None:  # pragma: no cover - Windows on
 
 
 def _winreg_delete(name: str) -> bool:  # pragma: no cover - Windows only
+    if sys.platform != "win32":
+        raise AutostartError("the Run key exists only on Windows")
     import winreg
 
     try:
@@ -287,7 +293,7 @@ def _winreg_delete(name: str) -> bool:  # pragma: no cover - Windows only
 
 def _platform(platform: str | None) -> str:
     p = platform or sys.platform
-    if p.startswith("linux") or p.startswith("freebsd"):
+    if p.startswith(("linux", "freebsd")):
         return "linux"
     if p in ("darwin", "win32"):
         return p

@@ -151,7 +151,7 @@ def _run(home: Path) -> int:
         return 1
 
     import assets
-    import installers.autostart as autostart
+    from installers import autostart
     from ui.controller import Controller
     from ui.icons import IconState, render
     from ui.menu import OpenSettings
@@ -197,7 +197,7 @@ def _run(home: Path) -> int:
     else:
         install_handlers()
 
-    def setup(icon: pystray.Icon) -> None:
+    def setup(icon: Any) -> None:
         icon.visible = True
         controller.start()
 

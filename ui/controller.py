@@ -22,7 +22,8 @@ import msgspec
 from ipc.client import CallTimeout, Client, RemoteError
 from ipc.connection import ConnectionInfo
 from ipc.events import EventSubscriber
-from ipc.messages import Activate, CancelDownload as CancelRequest, Event, JobAccepted, ListInstalled, Status
+from ipc.messages import Activate, Event, JobAccepted, ListInstalled, Status
+from ipc.messages import CancelDownload as CancelRequest
 from ui import desktop_open
 from ui.menu import (
     Action,
@@ -111,7 +112,7 @@ class Controller:
             self._work.shutdown(wait=True, cancel_futures=True)
             if self._client is not None:
                 self._client.close()
-        except Exception:  # noqa: BLE001 - quitting must always end in the view stopping
+        except Exception:
             log.exception("error while quitting")
         finally:
             self._stopped.set()
@@ -182,7 +183,7 @@ class Controller:
     def _guarded(fn: Callable[..., None], *args: object) -> None:
         try:
             fn(*args)
-        except Exception:  # noqa: BLE001 - a failed action must not kill the work thread
+        except Exception:
             log.exception("tray action failed")
 
     def _worker_client(self) -> Client | None:
@@ -285,7 +286,7 @@ class Controller:
     def _on_event(self, event: Event) -> None:
         try:
             self.observe(event)
-        except Exception:  # noqa: BLE001 - one bad event must not stop the stream
+        except Exception:
             log.exception("could not apply event %s", msgspec.structs.asdict(event))
 
 

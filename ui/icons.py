@@ -62,9 +62,8 @@ def logo(size: int) -> Image.Image:
     """The logo at ``size`` px: the PNG in ``assets/`` for the usual sizes, else drawn on that size's
     own pixel grid by the same code that drew the PNGs (never a blurred rescale)."""
     if size in LOGO_SIZES:
-        with Image.open(assets.path(f"logo-{size}.png")) as img:
-            img = img.convert("RGBA")
-            img.load()
+        with Image.open(assets.path(f"logo-{size}.png")) as png:
+            img = png.convert("RGBA")
         return img
     from assets.draw_logo import draw_logo
 

@@ -135,9 +135,7 @@ def title_text(s: Snapshot) -> str:
 def _model_item(s: Snapshot, v: Variant) -> Entry:
     label = variant_label(v.key)
     ready = v.status == "ready"
-    if v.key == s.activating:
-        label += " \u2014 loading\u2026"
-    elif v.key == s.active and s.model_state == "loading":
+    if v.key == s.activating or v.key == s.active and s.model_state == "loading":
         label += " \u2014 loading\u2026"
     elif v.key == s.active and s.model_state == "failed":
         label += " \u2014 failed"

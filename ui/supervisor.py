@@ -97,15 +97,15 @@ class Supervisor:
         home: Path,
         report: Callable[[Observation], None],
         *,
-        policy: RestartPolicy = RestartPolicy(),
-        timeouts: Timeouts = Timeouts(),
+        policy: RestartPolicy | None = None,
+        timeouts: Timeouts | None = None,
         worker_argv: Sequence[str] | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
         self.home = Path(home)
         self.report = report
-        self.policy = policy
-        self.timeouts = timeouts
+        self.policy = policy or RestartPolicy()
+        self.timeouts = timeouts or Timeouts()
         self.worker_argv = list(worker_argv) if worker_argv is not None else default_worker_argv()
         self.env = {**os.environ, **(env or {}), "HFLOCAL_HOME": str(self.home)}
         self._wake = threading.Event()
@@ -161,7 +161,7 @@ class Supervisor:
     def _main(self) -> None:
         try:
             self._loop()
-        except Exception as exc:  # noqa: BLE001 - never let the tray lose its worker silently
+        except Exception as exc:
             log.exception("supervisor failed")
             self.report(WorkerGaveUp(reason=f"internal error in the tray: {exc}", crashes=0, window_s=0))
         finally:
@@ -177,7 +177,9 @@ class Supervisor:
                 self._stop_external()
             external = self._find_agent()
             if external is not None:
-                self._watch_external(external)
+                # It went away by itself: respect that, as for our own worker's clean exit (and
+                # follow it if it comes back, as a systemd unit does).
+                stopped = self._watch_external(external) or stopped
                 continue
             if stopped:
                 # Stopped on purpose, or gave up: wait for the user, or follow an agent started elsewhere.
@@ -237,7 +239,8 @@ class Supervisor:
             if own:
                 client.close()
 
-    def _watch_external(self, info: ConnectionInfo) -> None:
+    def _watch_external(self, info: ConnectionInfo) -> bool:
+        """Watch an agent we did not start; True if it went away (not quit, not restart)."""
         log.info("attached to the running agent (pid %s)", info.pid)
         self._connection = info
         self.report(WorkerUp(info=info, attached=True))
@@ -247,7 +250,7 @@ class Supervisor:
             while not (self._quit.is_set() or self._restart.is_set()):
                 self._sleep(self.timeouts.ping_interval_s)
                 if self._quit.is_set() or self._restart.is_set():
-                    return
+                    return False
                 try:
                     current = read_connection(self.home / "agent.json")
                 except AgentNotRunning:
@@ -260,8 +263,10 @@ class Supervisor:
         finally:
             client.close()
             self._connection = None
-        if not self._quit.is_set() and not self._restart.is_set():
-            self.report(WorkerDown(reason=f"the agent (pid {info.pid}) stopped", crashed=False))
+        if self._quit.is_set() or self._restart.is_set():
+            return False
+        self.report(WorkerDown(reason=f"the agent (pid {info.pid}) stopped", crashed=False))
+        return True
 
     def _stop_external(self) -> None:
         """For "Restart runtime" while attached: ask the other agent to shut down, wait (bounded)."""

@@ -102,7 +102,7 @@ def test_desktop_entry_passes_desktop_file_validate(tmp_path: Path) -> None:
     for content in (desktop_entry(hflocal_argv("tray", home=ODD_HOME)), hidden_desktop_entry()):
         path = tmp_path / "hflocal.desktop"
         path.write_text(content)
-        result = subprocess.run([validate, str(path)], capture_output=True, text=True, timeout=30)
+        result = subprocess.run([validate, str(path)], capture_output=True, text=True, timeout=30, check=False)
         assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
 
 
@@ -115,7 +115,7 @@ def test_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     unit.write_text(systemd_unit(hflocal_argv("serve", home=ODD_HOME)))
     result = subprocess.run(
         [analyze, "verify", "--user", str(unit)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=60, check=False,
         env={**os.environ, "XDG_RUNTIME_DIR": str(runtime), "XDG_CONFIG_HOME": str(tmp_path / "cfg")},
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -129,7 +129,7 @@ def test_systemd_analyze_catches_a_broken_unit(tmp_path: Path) -> None:
     runtime.mkdir(mode=0o700)
     unit = tmp_path / "hflocal.service"
     unit.write_text(systemd_unit(["/nonexistent dir/python", "serve"]))
-    result = subprocess.run([analyze, "verify", "--user", str(unit)], capture_output=True, text=True, timeout=60,
+    result = subprocess.run([analyze, "verify", "--user", str(unit)], capture_output=True, text=True, timeout=60, check=False,
                             env={**os.environ, "XDG_RUNTIME_DIR": str(runtime)})
     assert result.returncode != 0
 

@@ -21,7 +21,7 @@ import psutil
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = ("Xvfb", "dbus-daemon", "trayer", "dunst", "dunstctl", "xdotool", "import", "xwininfo")
+TOOLS = ("Xvfb", "dbus-daemon", "trayer", "dunst", "dunstctl", "xdotool", "import", "xwininfo", "xdpyinfo", "xclip")
 SCREEN = (1024, 768)
 PANEL_HEIGHT = 32
 
@@ -66,7 +66,14 @@ class Desktop:
 
     def start(self, timeout: float = 30.0) -> Desktop:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._start_xvfb(timeout)
+        for attempt in range(3):  # -displayfd can race with another X server starting at the same moment
+            self._start_xvfb(timeout)
+            if self.wait(lambda: self._display_answers() or self.procs["xvfb"].poll() is not None, timeout, "Xvfb"):
+                if self._display_answers():
+                    break
+            self.stop()
+        else:
+            raise RuntimeError(f"Xvfb did not start: {(self.root / 'xvfb.log').read_text(errors='replace')}")
         self._start_bus()
         self._spawn("trayer", ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "240",
                                "--heighttype", "pixel", "--height", str(PANEL_HEIGHT), "--SetDockType", "true",
@@ -115,6 +122,9 @@ class Desktop:
             raise RuntimeError(f"Xvfb did not start: {(self.root / 'xvfb.log').read_text(errors='replace')}")
         self.display = f":{int(number)}"
 
+    def _display_answers(self) -> bool:
+        return self.procs["xvfb"].poll() is None and self._run(["xdpyinfo"], timeout=10).returncode == 0
+
     def _start_bus(self) -> None:
         proc = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env())
@@ -141,7 +151,7 @@ class Desktop:
         return env
 
     def _run(self, argv: list[str], timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(argv, env=self.env(), capture_output=True, text=True, timeout=timeout, check=False)
 
     def xdotool(self, *args: str, check: bool = True) -> str:
         result = self._run(["xdotool", *args])
@@ -199,7 +209,12 @@ class Desktop:
     def open_menu(self, icon: int, button: int = 3, timeout: float = 10.0) -> int:
         """Click the icon and return the menu's window once it is on screen."""
         self.xdotool("mousemove", "--window", str(icon), "8", "8", "click", str(button))
-        return int(self.wait(lambda: (self.menus(icon) or [None])[0], timeout, "the tray menu"))
+
+        def first_menu() -> int | None:
+            menus = self.menus(icon)
+            return menus[0] if menus else None
+
+        return int(self.wait(first_menu, timeout, "the tray menu"))
 
     def close_menus(self, icon: int, timeout: float = 10.0) -> None:
         for _ in range(4):
@@ -308,8 +323,8 @@ def color_near(img: Image.Image, color: tuple[int, int, int, int], tolerance: in
     """Whether some pixel of ``img`` is within ``tolerance`` (per channel) of ``color``."""
     rgb = img.convert("RGB")
     target = color[:3]
-    for count_color in rgb.getcolors(rgb.width * rgb.height) or []:
-        c = count_color[1]
+    for _, c in rgb.getcolors(rgb.width * rgb.height) or []:
+        assert isinstance(c, tuple)
         if all(abs(a - b) <= tolerance for a, b in zip(c, target, strict=True)):
             return True
     return False

@@ -46,12 +46,14 @@ def publish_tiny(hub_repos: HubRepos, model_id: str, dest: Path, reply: str) -> 
     return model
 
 
-def health(http_port: int, timeout: float = 5.0) -> dict[str, Any] | None:
+def health(http_port: int, timeout: float = 5.0) -> dict[str, Any]:
+    """``GET /health``, or ``{}`` while nothing answers."""
     try:
         response = httpx.get(f"http://127.0.0.1:{http_port}/health", timeout=timeout)
     except httpx.HTTPError:
-        return None
-    return response.json() if response.status_code == 200 else None
+        return {}
+    body: dict[str, Any] = response.json() if response.status_code == 200 else {}
+    return body
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

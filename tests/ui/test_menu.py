@@ -38,6 +38,17 @@ def snap(*observations: object) -> Snapshot:
 READY = (WorkerUp(info()), installed(KEY_A, KEY_B, KEY_C), status(active=KEY_A, model_state="ready"), AutostartChanged(False))
 
 
+def entry(item: object) -> Entry:
+    assert isinstance(item, Entry)
+    return item
+
+
+def sub(item: object) -> tuple[Entry, ...]:
+    submenu = entry(item).submenu
+    assert submenu is not None
+    return tuple(entry(i) for i in submenu)
+
+
 def texts(items: tuple[object, ...]) -> list[str]:
     return ["---" if i is SEPARATOR else i.text for i in items]  # type: ignore[attr-defined]
 
@@ -67,21 +78,21 @@ def test_ready_menu_has_every_item_in_order() -> None:
 
 def test_loading_is_shown_on_the_model_and_switching_waits() -> None:
     s = snap(*READY, SwitchRequested(key=KEY_B, job_id="j"))
-    models = menu_entries(s)[2].submenu  # type: ignore[union-attr]
-    assert models[1].text == "tiny-b (q4) \u2014 loading\u2026"  # type: ignore[union-attr]
-    assert not any(m.enabled for m in models)  # type: ignore[union-attr]
+    models = sub(menu_entries(s)[2])
+    assert models[1].text == "tiny-b (q4) \u2014 loading\u2026"
+    assert not any(m.enabled for m in models)
     assert status_text(s) == "Loading tiny-b (q4)\u2026"
 
 
 def test_downloads_show_progress_and_cancel() -> None:
     s = snap(*READY, DownloadStarted(job_id="d1", key=KEY_C, model_id="onnx-community/tiny-c", quantization="q8",
                                      total_bytes=4_000_000, files=[], resumed_bytes=1_000_000))
-    downloads = menu_entries(s)[3]
-    assert downloads.text == "Downloads (1)"  # type: ignore[union-attr]
-    row = downloads.submenu[0]  # type: ignore[union-attr,index]
+    downloads = entry(menu_entries(s)[3])
+    assert downloads.text == "Downloads (1)"
+    row = sub(downloads)[0]
     assert row.text == "tiny-c (q8) \u2014 25%"
-    assert row.submenu[0].text.startswith("1.0 MB of 4.0 MB")
-    assert row.submenu[1].action == CancelDownload("d1", KEY_C)
+    assert sub(row)[0].text.startswith("1.0 MB of 4.0 MB")
+    assert sub(row)[1].action == CancelDownload("d1", KEY_C)
     assert "1 download running" in title_text(s)
 
 

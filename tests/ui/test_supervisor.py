@@ -152,5 +152,6 @@ def test_follows_a_headless_agent_that_stops_and_comes_back(hermetic_home: Path,
         agents.append(again)
         up = seen.wait_for(WorkerUp, 30, lambda o: o.info.pid == again.proc.pid)
         assert up.attached
+        assert seen.of(WorkerStarting) == []  # it never started a worker of its own meanwhile
     finally:
         sup.stop()

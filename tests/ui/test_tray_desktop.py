@@ -35,9 +35,9 @@ def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desktop]:
     missing = missing_tools()
     if missing:
         pytest.skip(f"desktop tools missing: {', '.join(missing)} (scripts/apt-packages.txt lists their packages)")
-    d = Desktop(tmp_path_factory.mktemp("desktop")).start()
+    d = Desktop(tmp_path_factory.mktemp("desktop"))
     try:
-        yield d
+        yield d.start()
     finally:
         d.stop()
 
@@ -56,10 +56,10 @@ def install_models(home: Path, model_ids: tuple[str, ...]) -> list[str]:
         keys = []
         with Client(home, timeout=30) as client:
             for model_id in model_ids:
-                job = client.call(Download(model_id=model_id))
-                keys.append(job.key)
-                Desktop.wait(lambda: any(m.key == job.key and m.status == "ready"
-                                         for m in client.call(ListInstalled()).models), 60, f"{model_id} installed")
+                key = client.call(Download(model_id=model_id)).key
+                keys.append(key)
+                Desktop.wait(lambda key=key: any(m.key == key and m.status == "ready"
+                                                 for m in client.call(ListInstalled()).models), 60, f"{model_id} installed")
         return keys
     finally:
         assert agent.stop() == 0
@@ -134,7 +134,7 @@ def test_tray_switches_models_downloads_restarts_and_quits(
     assert tray.worker_pids() == [first_worker]
 
     # the icon and the open menu, as a person sees them
-    x, y, w, h = desktop.geometry(icon)
+    x, _, w, h = desktop.geometry(icon)
     desktop.screenshot(artifacts_dir / f"tray-{backend}-icon.png", region=(x - 4, 0, w + 8, h + 2))
     desktop.open_menu(icon)
     desktop.screenshot(artifacts_dir / f"tray-{backend}-menu.png", region=menu_region(desktop, icon))
