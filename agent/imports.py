@@ -120,6 +120,10 @@ class Imports:
         self._results: dict[str, list[str] | AgentError] = {}
         self._busy: set[str] = set()
         self._lock = threading.Lock()
+        # Folders of imports that a killed worker (or an export child outliving its worker) left behind.
+        for pattern in ("*/.*.importing-*", "*/.*.old-*"):
+            for leftover in rt.paths.imported.glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
 
     async def start(
         self, path_text: str, quantizations: list[str], model_id: str | None, *, observer: Observer | None = None

@@ -23,6 +23,7 @@ import asyncio
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 import time
 import urllib.error
@@ -118,6 +119,19 @@ class Console:
         self.say(f"  {stage}:{share} ({done}/{total})")
 
 
+def _cli_command() -> str:
+    """How the user can run ``hflocal`` here: the bare name when it is on PATH, else the venv's script
+    (relative to the current folder when inside it, as after ``scripts/quickstart``)."""
+    script = Path(sys.executable).parent / "hflocal"
+    found = shutil.which("hflocal")
+    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "hflocal"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def _human(n: int) -> str:
     return f"{n / 1e6:.1f} MB"
 
@@ -144,7 +158,7 @@ async def ensure_default_model(rt: Runtime, out: IO[str] | None = None) -> str |
     # Unprefixed, so each command can be copied as it is.
     console.say("Try it:", plain=True)
     console.say("  " + CURL_EXAMPLE.format(url=rt.http_url), plain=True)
-    console.say("or chat in the terminal:  hflocal chat", plain=True)
+    console.say(f"or chat in the terminal:  {_cli_command()} chat", plain=True)
     return key
 
 

@@ -218,6 +218,17 @@ def test_failure_inside_the_job_leaves_nothing_behind(agent: AgentProcess, tmp_p
     assert list((agent.home / "imported").rglob("*")) in ([], [agent.home / "imported" / "local"])
 
 
+def test_leftovers_of_an_interrupted_import_are_removed_at_start(
+    agents: list[AgentProcess], hermetic_home: Path
+) -> None:
+    staging = hermetic_home / "imported" / "local" / ".Half.importing-0123456789ab"
+    (staging / "onnx").mkdir(parents=True)
+    (staging / "onnx" / "model_q4.onnx").write_bytes(b"half written")
+    agents.append(start_agent(hermetic_home))
+    assert not staging.exists()
+    assert (hermetic_home / "imported" / "local").is_dir()
+
+
 def test_a_folder_that_is_no_model(agent: AgentProcess, tmp_path: Path) -> None:
     folder = tmp_path / "photos"
     folder.mkdir()
