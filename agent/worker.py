@@ -255,7 +255,7 @@ async def _main(paths: Paths, settings: Settings, options: WorkerOptions) -> int
                 publisher.publish(WorkerStatus(pid=os.getpid(), state="stopping", http_url=http_url))
             await runtime.close()
         if publisher is not None:
-            publisher.close()
+            publisher.close(linger_ms=500)
         http_sock.close()
         ctx.term()
         log.info("agent stopped")

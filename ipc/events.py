@@ -56,9 +56,11 @@ class EventPublisher:
         except zmq.ZMQError:
             pass  # high-water mark reached: PUB drops, subscribers re-sync from ``status``
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket; events already queued still go out for up to ``linger_ms`` (the worker's
+        last ``worker.status`` "stopping" would otherwise be dropped with the socket)."""
         self._closed = True
-        self._socket.close(linger=0)
+        self._socket.close(linger=linger_ms)
 
 
 def _subscribe(socket: zmq.Socket[Any], topics: Iterable[str]) -> None:
