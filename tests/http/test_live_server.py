@@ -143,7 +143,11 @@ def test_switching_the_active_model_during_traffic_loses_no_request(live: Live, 
 
     with ThreadPoolExecutor(8) as pool:
         first = [pool.submit(ask, i % 2 == 0) for i in range(6)]
-        time.sleep(0.1)
+        # Switch only once A is generating, so that some requests are served by A while B loads.
+        deadline = time.monotonic() + 30
+        while "tiny-a" not in server.world.loader.generations:
+            assert time.monotonic() < deadline, "no request reached model A"
+            time.sleep(0.01)
         server.call(lambda: server.world.pool.activate(models.b.key))  # type: ignore[union-attr]
         second = [pool.submit(ask, i % 2 == 0) for i in range(6)]
         for future in first + second:
