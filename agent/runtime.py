@@ -20,6 +20,7 @@ from typing import Any
 from agent.downloads import Downloads
 from agent.engine.model import load_model
 from agent.errors import AgentError
+from agent.feed import EventFeed
 from agent.handlers import dispatch
 from agent.imports import Imports
 from agent.paths import Paths
@@ -86,29 +87,36 @@ class Runtime:
     ) -> None:
         self.paths = paths
         self.settings = settings
-        self.publish = publish
+        self._publish_out = publish
         self.session = session
         self.http_url = http_url
         self.started = started
         self.stop = stop
         self.warnings: list[str] = []
+        self.feed = EventFeed(session, asyncio.get_running_loop())
+        """The same events, in process: the settings page's event stream reads them here."""
         self.store = Store(paths)
         self.warnings.extend(self.store.warnings)
         for warning in self.store.warnings:
             log.warning("%s", warning)
-        self.downloads = Downloads(self.store, paths, settings, publish)
+        self.downloads = Downloads(self.store, paths, settings, self.publish)
         self.imports = Imports(self)
         self.pool = ModelPool(
             StoreCatalog(self.store),
             load_model,
             settings.models,
-            publish,
+            self.publish,
             active=self.store.active,
             on_active=self._remember_active,
         )
         self._loop = asyncio.get_running_loop()
         self._serving = False
         self._quickstart: asyncio.Future[str | None] | None = None
+
+    def publish(self, event: Event) -> None:
+        """Publish ``event`` on ZeroMQ and to in-process subscribers (``feed``); any thread."""
+        self._publish_out(event)
+        self.feed.publish(event)
 
     # ------------------------------------------------------------------ requests
 
@@ -157,10 +165,17 @@ class Runtime:
 
     async def serve_http(self, sock: socket.socket, stop: asyncio.Event) -> None:
         from agent.http.app import create_app, serve_http
+        from agent.http.manage import management_blueprint
 
         host, port = sock.getsockname()[:2]
-        app = create_app(self.pool, self.settings)
-        await serve_http(app, host, port, stop, sock=sock)
+        app = create_app(self.pool, self.settings, extra_blueprints=[management_blueprint(self)])
+        # End the page's event streams as soon as the worker stops, so the server need not wait for them.
+        closer = asyncio.ensure_future(_close_on(stop, self.feed))
+        try:
+            await serve_http(app, host, port, stop, sock=sock)
+        finally:
+            closer.cancel()
+            self.feed.close()
 
     def started_serving(self, *, default_model: bool = False) -> None:
         """Called once clients can connect: resume interrupted downloads, load the active model.
@@ -202,6 +217,11 @@ class Runtime:
         await asyncio.to_thread(self.downloads.shutdown)
         await self.imports.close()
         await self.pool.close()
+
+
+async def _close_on(stop: asyncio.Event, feed: EventFeed) -> None:
+    await stop.wait()
+    feed.close()
 
 
 def _log_task_error(task: asyncio.Future[Any]) -> None:
