@@ -192,6 +192,32 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def settings_url(http_url: str, token: str) -> str:
+    """The settings page's sign-in URL (``/?token=``), on a loopback address the page accepts: an
+    agent bound to all interfaces (``0.0.0.0``/``::``) is opened through 127.0.0.1/[::1]."""
+    base = http_url.rstrip("/").replace("//0.0.0.0:", "//127.0.0.1:").replace("//[::]:", "//[::1]:")
+    return f"{base}/?token={token}"
+
+
+def open_page(args: argparse.Namespace) -> int:
+    import webbrowser
+
+    from ipc.connection import read_connection
+
+    try:
+        info = read_connection(agent_json_path(None))
+    except AgentNotRunning as exc:
+        raise CliError(str(exc)) from None
+    url = settings_url(info.http_url, info.token)
+    if args.json:
+        emit_json({"url": url})
+    elif args.print_only:
+        print(url)
+    elif not webbrowser.open(url):
+        print(f"open this address in your browser: {url}")
+    return 0
+
+
 def hw(args: argparse.Namespace) -> int:
     with connect(args) as client:
         result = call(client, Hardware(), timeout=max(args.timeout, 30))

@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=commands.status)
 
+    p = sub.add_parser("open", help="open the settings page in the browser (signed in with the agent's token)")
+    p.add_argument("--print", dest="print_only", action="store_true", help="print the page's URL instead of opening it")
+    _add_json(p)
+    p.set_defaults(func=commands.open_page)
+
     p = sub.add_parser("hw", help="hardware, execution providers, cache and free disk")
     _add_json(p)
     p.set_defaults(func=commands.hw)
