@@ -9,14 +9,17 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from ipc.connection import pid_alive
 from ipc.messages import Ping, Status
 from tests.hubserver import HubServer
-from tests.support.agentproc import AgentProcess, cli, free_port, run_serve, start_agent
+from tests.hubserver.process import REPO_ROOT
+from tests.support.agentproc import AgentProcess, cli, free_port, run_serve, serve_args, start_agent
 from tests.support.worker import TINY, TINY_REPLY, variant_key, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -213,3 +216,38 @@ def test_a_remembered_model_whose_files_vanished_is_a_warning(
     answer = httpx.post(second.http_url + "/v1/chat/completions", timeout=60,
                         json={"messages": [{"role": "user", "content": "Hi"}]})
     assert answer.status_code >= 400 and "files missing" in answer.json()["error"]["message"]
+
+
+PARENT = """
+import subprocess, sys, time
+args = [sys.executable, "-m", "cli.main", "serve", "--parent-pid", str(__import__("os").getpid()), *sys.argv[1:]]
+child = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(child.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_worker_exits_when_its_parent_dies(hermetic_home: Path) -> None:
+    """What the tray relies on: a worker started with --parent-pid stops (cleanly) once that parent is gone."""
+    args = serve_args((free_port(), free_port(), free_port()))[4:]  # the port options
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, *args], stdout=subprocess.PIPE, text=True,
+                              cwd=REPO_ROOT, env={**os.environ, "HFLOCAL_HOME": str(hermetic_home)})
+    worker_pid = 0
+    try:
+        assert parent.stdout is not None
+        worker_pid = int(parent.stdout.readline())
+        wait_until(lambda: (hermetic_home / "agent.json").exists(), 60, "the worker to start")
+        assert json.loads((hermetic_home / "agent.json").read_text())["pid"] == worker_pid
+        parent.kill()
+        parent.wait(10)
+        wait_until(lambda: not pid_alive(worker_pid), 30, "the orphaned worker to exit")
+        assert not (hermetic_home / "agent.json").exists()
+        assert "parent process" in (hermetic_home / "logs" / "agent.log").read_text()
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        if worker_pid and pid_alive(worker_pid):
+            os.kill(worker_pid, signal.SIGKILL)

@@ -70,7 +70,8 @@ def test_download_events_by_hand_and_progress_is_rate_limited(
         done = [e["done_bytes"] for e in progress]
         assert done == sorted(done) and done[-1] == total
         assert all(e["total_bytes"] == total and e["key"] == key for e in progress)
-        assert any(e["current_file"] == BIG_DATA and e["rate_bps"] > 0 for e in progress)
+        assert any(e["current_file"] == BIG_DATA and e["rate_bps"] > 0 and e["eta_s"] > 0 for e in progress)
+        assert progress[-1]["eta_s"] == 0
         assert finished["size_bytes"] == total and finished["fetched_bytes"] == total
         # At most ~5 progress events a second over the job's life (a rate property, with slack for the
         # first and the final event): the events' own timestamps measure the life.
