@@ -6,6 +6,7 @@ on them alone: while no event arrives it asks the agent for the job's state ever
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -41,7 +42,16 @@ from ipc.messages import (
 POLL_EVERY = 2.0
 
 
+def _terminal_columns() -> int:
+    """Columns of the terminal on stderr; 0 when it does not say (a pty nobody sized)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError):
+        return 0
+
+
 def _bar(total: int, desc: str, disable: bool) -> tqdm[Any]:
+    sized = _terminal_columns() > 0  # tqdm draws nothing at all on a terminal of width 0
     return tqdm(
         total=total or None,
         desc=desc,
@@ -49,7 +59,8 @@ def _bar(total: int, desc: str, disable: bool) -> tqdm[Any]:
         unit_scale=True,
         unit_divisor=1000,
         file=sys.stderr,
-        dynamic_ncols=True,
+        dynamic_ncols=sized,
+        ncols=None if sized else 80,
         mininterval=0.2,
         disable=disable or not sys.stderr.isatty(),
         leave=True,

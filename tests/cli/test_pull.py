@@ -88,13 +88,14 @@ def test_ctrl_c_cancels_the_job_and_a_second_pull_resumes(
     assert (Path(manifest_entry(agent.home, KEY)["path"]) / BIG_DATA).read_bytes() == files[BIG_DATA]  # type: ignore[index]
 
 
-def test_progress_bar_on_a_terminal(agent: AgentProcess, hub: HubServer, hub_repos: HubRepos) -> None:
+@pytest.mark.parametrize("columns", [100, 0], ids=["sized", "unsized"])
+def test_progress_bar_on_a_terminal(agent: AgentProcess, hub: HubServer, hub_repos: HubRepos, columns: int) -> None:
     files = big_repo_files(SIZE)
     publish(hub_repos, BIG, files)
     total = sum(len(data) for data in files.values())
     hub.control.add_fault(DATA, rate_limit_bytes_per_s=2_000_000, times=-1)
     leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))  # 0: size unknown
     try:
         proc = pull_process(agent.home, stdout=subprocess.PIPE, stderr=follower)
         os.close(follower)
