@@ -137,6 +137,10 @@ def test_search_download_activate_chat_delete(
     assert page.evaluate("navigator.clipboard.readText()") == f"{agent.http_url}/v1"
     shot("chat")
 
+    page.emulate_media(color_scheme="dark")
+    shot("dark")
+    page.emulate_media(color_scheme="light")
+
     # Narrow window: everything still readable, nothing scrolls sideways.
     page.set_viewport_size({"width": 380, "height": 800})
     expect(installed).to_be_visible()
@@ -201,7 +205,8 @@ def test_watch_a_download_cancel_it_and_resume_it(
 
 
 def test_error_states(
-    agent: AgentProcess, settings_url: str, context: Any, tiny_on_hub: HubServer, artifacts_dir: Path
+    agent: AgentProcess, agents: list[AgentProcess], settings_url: str, context: Any, tiny_on_hub: HubServer,
+    artifacts_dir: Path,
 ) -> None:
     page = context.new_page()
     shot = Shots(page, artifacts_dir, "settings-errors")
@@ -260,10 +265,17 @@ def test_error_states(
     shot("no-network-narrow")
 
     # The agent goes away: the page says so instead of failing silently.
+    page.set_viewport_size({"width": 1280, "height": 900})
     agent.stop()
     expect(page.locator("#banner")).to_contain_text("not answering", timeout=30_000)
     expect(page.locator("#live")).to_have_attribute("data-state", "off")
     shot("agent-stopped")
+
+    # It comes back with a new token: this page's session is over, and the page says how to reopen it.
+    agents.append(start_agent(agent.home, ports=agent.ports))
+    expect(page.locator("#banner")).to_contain_text("session has ended", timeout=30_000)
+    expect(page.locator("#banner")).to_contain_text("hflocal open")
+    shot("session-ended")
 
 
 def test_without_the_token_the_page_says_how_to_open_it(
@@ -329,3 +341,18 @@ def test_disk_full_is_explained_before_anything_is_fetched(
     error = response.json()
     assert error["code"] == "disk_full" and error["details"]["needed"] > error["details"]["free"]
     assert big_on_hub.control.bytes_served(BIG) == 0
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_the_snippet_reads_it_from_the_environment(
+    tiny_on_hub: HubServer, agents: list[AgentProcess], hermetic_home: Path, context: Any, artifacts_dir: Path
+) -> None:
+    agent = start_agent(hermetic_home, env={"HFLOCAL_API_KEY": "sk-local-test"})
+    agents.append(agent)
+    page = context.new_page()
+    page.goto(f"{agent.http_url}/?token={agent.info.token}")
+    expect(page.locator("#try-key")).to_be_visible()
+    expect(page.locator("#snippet")).to_contain_text('api_key=os.environ["HFLOCAL_API_KEY"]')
+    expect(page.locator("#snippet")).not_to_contain_text("sk-local-test")
+    page.locator("#try-send").click()  # no key typed: the API's own answer is shown
+    expect(page.locator("#try-answer")).to_contain_text("API key")
+    Shots(page, artifacts_dir, "settings-api-key")("asks-for-key")
