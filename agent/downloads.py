@@ -205,7 +205,8 @@ class Downloads:
         """Restart jobs for entries left ``downloading``, at the commit they were started at.
 
         Returns the jobs. An entry that cannot be resumed now gets a line in ``self.warnings``; it
-        stays ``downloading`` when the Hub is unreachable (a later start tries again), else ``error``.
+        stays ``downloading`` when the Hub is unreachable or the worker is stopping meanwhile (the
+        next start tries again), else ``error``.
         """
         jobs: list[DownloadJob] = []
         for entry in self.store.interrupted():
@@ -214,7 +215,7 @@ class Downloads:
                 jobs.append(job)
             except AgentError as exc:
                 self.warnings.append(f"could not resume the download of {entry.key}: {exc}")
-                if not isinstance(exc, NetworkError):
+                if not isinstance(exc, (NetworkError, ConflictError)):
                     self.store.update(entry.key, status="error", error=str(exc))
                 log.warning("%s", self.warnings[-1])
         return jobs
