@@ -7,15 +7,18 @@ the active model unchanged).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 
 from agent.http import access
+from cli.commands import settings_url
 from tests.hubserver import HubServer
-from tests.support.agentproc import AgentProcess
+from tests.support.agentproc import AgentProcess, cli
 from tests.web.conftest import TINY, Api, variant_key
 
 PORT = 9231
@@ -249,3 +252,14 @@ def _wait(predicate: Callable[[], bool], what: str, timeout: float = 60.0) -> No
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_hflocal_open_prints_the_sign_in_url_or_says_how_to_start_an_agent(agent: AgentProcess, tmp_path: Path) -> None:
+    done = cli("open", "--json", home=agent.home)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"url": f"{agent.http_url}/?token={agent.info.token}"}
+    nobody = cli("open", "--print", home=tmp_path / "empty-home")
+    assert nobody.returncode == 1 and nobody.stdout == ""
+    assert nobody.stderr.count("\n") == 1 and "hflocal serve" in nobody.stderr
+    assert settings_url("http://0.0.0.0:9231", "t") == "http://127.0.0.1:9231/?token=t"
+    assert settings_url("http://[::]:9231/", "t") == "http://[::1]:9231/?token=t"
