@@ -392,6 +392,8 @@ class Downloads:
             job.request_stop("shutdown")
         deadline = time.monotonic() + wait_s
         for job in jobs:
+            if job.thread is None:
+                continue  # still asking the Hub about its files (maybe a Hub that never answers): nothing to finish
             job.wait(max(deadline - time.monotonic(), 0.0))
 
     # ---- helpers ----
