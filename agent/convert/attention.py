@@ -127,3 +127,52 @@ class OptimumAttention:
         out = g.op("Reshape", [out, g.const([0, nh, -1, hd])], name=f"{p}/Reshape")
         out = g.op("Transpose", [out], name=f"{p}/Transpose", perm=[0, 2, 1, 3])
         return str(g.op("Reshape", [out, g.const([0, 0, nh * hd])], name=f"{p}/Reshape"))
+
+
+class FusedAttention:
+    """onnxruntime's ``GroupQueryAttention`` (com.microsoft), rotary embedding included, with the same
+    ``past_key_values`` → ``present`` contract as :class:`OptimumAttention` (BNSH cache, growing by
+    concatenation), so the engine runs either graph unchanged.
+
+    One kernel per layer replaces ~25 nodes (RoPE, cache Concat, scores, mask, softmax, transposes).
+    Positions come from ``position_ids`` (so chunked prefill and cache reuse work). Limitation:
+    GroupQueryAttention masks by sequence length, not by an arbitrary ``attention_mask``: the mask must
+    be all ones (what a batch-1 decode loop feeds); left padding or holes are not supported.
+    """
+
+    def __init__(self) -> None:
+        self._cos = self._sin = self._seqlens = self._total = self._positions = ""
+
+    def prepare(self, g: GraphBuilder, shape: LlamaShape, inputs: DecoderInputs) -> None:
+        positions = np.arange(shape.max_position_embeddings, dtype=np.float64)[:, None]
+        freqs = positions * rope_inv_freq(shape).astype(np.float64)[None, :]
+        self._cos = g.initializer("rope.cos_cache", np.cos(freqs).astype(np.float32))
+        self._sin = g.initializer("rope.sin_cache", np.sin(freqs).astype(np.float32))
+        # seqlens_k = tokens in the cache after this step, minus one; total = mask length (both int32).
+        mask = g.op("Cast", [inputs.attention_mask], name="/gqa/Cast", to=TensorProto.INT32)
+        count = g.op("ReduceSum", [mask, g.const([1])], name="/gqa/ReduceSum", keepdims=0)
+        self._seqlens = g.op("Sub", [count, g.const([1], np.int32)], name="/gqa/Sub")
+        total = g.op("Shape", [inputs.attention_mask], name="/gqa/Shape", start=1, end=2)
+        total = g.op("Squeeze", [total, g.const([0])], name="/gqa/Squeeze")
+        self._total = g.op("Cast", [total], name="/gqa/Cast", to=TensorProto.INT32)
+        self._positions = inputs.position_ids
+
+    def layer(self, g: GraphBuilder, shape: LlamaShape, index: int, qkv: ProjectedQKV, past: tuple[str, str]) -> str:
+        if qkv.fused is not None:
+            qkv_inputs = [qkv.fused, "", ""]
+        else:
+            assert qkv.q and qkv.k and qkv.v
+            qkv_inputs = [qkv.q, qkv.k, qkv.v]
+        out, _, _ = g.op(
+            "GroupQueryAttention",
+            [*qkv_inputs, past[0], past[1], self._seqlens, self._total, self._cos, self._sin, self._positions],
+            name=f"/model/layers.{index}/attn/GroupQueryAttention",
+            outputs=[f"/model/layers.{index}/attn/output", f"present.{index}.key", f"present.{index}.value"],
+            domain=MS_DOMAIN,
+            num_heads=shape.num_heads,
+            kv_num_heads=shape.num_kv_heads,
+            scale=float(shape.head_dim**-0.5),
+            do_rotary=1,
+            rotary_interleaved=0,
+        )
+        return str(out)

@@ -36,6 +36,7 @@ from agent.convert.repo_files import write_model_configs, write_tokenizer_files
 from agent.convert.weight_forms import QUANT_FILES, Quant
 
 SUPPORTED_ARCHITECTURES = ("llama",)
+FUSED_BY_DEFAULT = False
 Progress = Callable[[str, int, int], None]
 _PASSTHROUGH: dict[str, frozenset[QT]] = {
     "fp32": frozenset(),
@@ -215,6 +216,7 @@ def import_gguf(
     *,
     accuracy_level: int | None = None,
     head_bits: int | None = None,
+    fused: bool | None = None,
 ) -> ImportResult:
     """Convert ``gguf_path`` into the repo folder ``out_dir`` (created; existing files replaced).
 
@@ -267,6 +269,7 @@ def import_gguf(
             quant,
             accuracy_level=accuracy_level,
             head_bits=head_bits,
+            fused=FUSED_BY_DEFAULT if fused is None else fused,
             progress=_relay(report, stage, total),
         )
         files[quant] = path

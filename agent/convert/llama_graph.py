@@ -27,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from agent.convert.attention import AttentionLayout, DecoderInputs, OptimumAttention, ProjectedQKV
+from agent.convert.attention import AttentionLayout, DecoderInputs, FusedAttention, OptimumAttention, ProjectedQKV
 from agent.convert.graph_builder import MS_DOMAIN, GraphBuilder
 from agent.convert.linear import LinearEmitter
 from agent.convert.llama_shape import LlamaShape
@@ -49,6 +49,7 @@ __all__ = ["QUANT_FILES", "LlamaShape", "Quant", "Weight", "build_llama_model", 
 
 Progress: TypeAlias = Callable[[str, int, int], None]
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000
+LOGITS_TO_KEEP = "logits_to_keep"
 
 
 def build_llama_model(
@@ -59,13 +60,14 @@ def build_llama_model(
     accuracy_level: int | None = None,
     head_bits: int | None = None,
     attention: AttentionLayout | None = None,
+    fused: bool = False,
     progress: Progress | None = None,
 ) -> onnx.ModelProto:
     """The decoder graph as one in-memory proto (for inspection; :func:`write_llama_onnx` writes
     files faster and streams large models). ``head_bits``: lm_head/embedding form (4, 8, 16, 32;
     default per quant in ``weight_forms.DEFAULT_HEAD_BITS``)."""
     return _build(
-        GraphBuilder("llama_decoder"), shape, weights, quant, accuracy_level, head_bits, attention, progress
+        GraphBuilder("llama_decoder"), shape, weights, quant, accuracy_level, head_bits, attention, fused, progress
     ).model()
 
 
@@ -77,12 +79,14 @@ def _build(
     accuracy_level: int | None,
     head_bits: int | None,
     attention: AttentionLayout | None,
+    fused: bool,
     progress: Progress | None,
 ) -> GraphBuilder:
     if quant not in QUANT_FILES:
         raise ValueError(f"unknown quantization {quant!r}: use one of {', '.join(QUANT_FILES)}")
     try:
-        _Decoder(g, shape, quant, accuracy_level, head_bits_for(quant, head_bits), attention).build(weights, progress)
+        head = head_bits_for(quant, head_bits)
+        _Decoder(g, shape, quant, accuracy_level, head, attention, fused).build(weights, progress)
     except BaseException:
         g.abort()
         raise
@@ -98,6 +102,7 @@ def write_llama_onnx(
     accuracy_level: int | None = None,
     head_bits: int | None = None,
     attention: AttentionLayout | None = None,
+    fused: bool = False,
     external_data: bool | None = None,
     progress: Progress | None = None,
 ) -> Path:
@@ -117,7 +122,7 @@ def write_llama_onnx(
     tmp = path.with_name(path.name + tag)
     g = GraphBuilder("llama_decoder", tmp_data, data_path.name)
     try:
-        _build(g, shape, weights, quant, accuracy_level, head_bits, attention, progress).save(tmp)
+        _build(g, shape, weights, quant, accuracy_level, head_bits, attention, fused, progress).save(tmp)
         if tmp_data is not None:
             os.replace(tmp_data, data_path)
         elif data_path.exists():
@@ -141,9 +146,11 @@ class _Decoder:
         accuracy_level: int | None,
         head_bits: int,
         attention: AttentionLayout | None,
+        fused: bool = False,
     ) -> None:
         self.g, self.shape, self.quant, self.head_bits = g, shape, quant, head_bits
-        self.attn = attention or OptimumAttention()
+        self.fused = fused
+        self.attn = attention or (FusedAttention() if fused else OptimumAttention())
         self.lin = LinearEmitter(g, fp16=quant == "fp16" or head_bits == 16, accuracy_level=accuracy_level)
         self.layer_lin = LinearEmitter(g, fp16=quant == "fp16", accuracy_level=accuracy_level)
         self._table = ""  # float embedding initializer (a tied float head reuses it)
@@ -180,12 +187,47 @@ class _Decoder:
         x = self._embedding(inputs.input_ids, embed, head)
         del embed
         self.attn.prepare(g, s, inputs)
+        residual, delta = x, ""  # the stream is residual + delta; the next norm adds them
         for i in range(s.num_layers):
-            x = self._layer(x, i, weights)
+            residual, delta = self._layer(residual, delta, i, weights)
             if progress is not None:
                 progress("build", i + 1, s.num_layers)
-        x = self._norm(x, weights["model.norm.weight"], "model.norm")
-        self._lm_head(x, head, inputs.input_ids)
+        x, _ = self._add_norm(residual, delta, weights["model.norm.weight"], "model.norm")
+        self._lm_head(self._keep_last(x), head)
+
+    def _add_norm(self, residual: str, delta: str, weight: Weight, name: str) -> tuple[str, str]:
+        """``(RMSNorm(residual + delta), residual + delta)``; ``delta`` "" means nothing to add. The
+        fused graph writes onnxruntime's ``SkipSimplifiedLayerNormalization`` (one kernel for both)."""
+        g = self.g
+        if not delta:
+            return self._norm(residual, weight, name), residual
+        if not self.fused:
+            total = g.op("Add", [residual, delta], name=f"/{name}/residual/Add")
+            return self._norm(total, weight, name), str(total)
+        w = g.initializer(f"{name}.weight", as_float(weight))
+        normed, _, _, total = g.op(
+            "SkipSimplifiedLayerNormalization",
+            [delta, residual, w],
+            name=f"/{name}/SkipSimplifiedLayerNormalization",
+            outputs=[f"/{name}/output", "", "", f"/{name}/residual"],
+            domain=MS_DOMAIN,
+            epsilon=float(self.shape.rms_norm_eps),
+        )
+        return str(normed), str(total)
+
+    def _keep_last(self, x: str) -> str:
+        """Only the last ``logits_to_keep`` positions reach the lm_head (transformers' input; 0, the
+        default when it is not fed, keeps all). It is an initializer-backed input, so callers that do
+        not know it (optimum-style loops, tests) run the graph unchanged."""
+        if not self.fused:
+            return x
+        g = self.g
+        g.add_input(LOGITS_TO_KEEP, TensorProto.INT64, [1])
+        g.initializer(LOGITS_TO_KEEP, np.zeros(1, np.int64))
+        start = g.op("Neg", [LOGITS_TO_KEEP], name="/keep/Neg")
+        return str(
+            g.op("Slice", [x, start, g.const([np.iinfo(np.int64).max]), g.const([1])], name="/keep/Slice")
+        )
 
     def _embedding(self, ids: str, embed: Weight, head: Weight) -> str:
         g, s = self.g, self.shape
@@ -235,7 +277,7 @@ class _Decoder:
             )
         )
 
-    def _lm_head(self, x: str, head: Weight, ids: str) -> None:
+    def _lm_head(self, x: str, head: Weight) -> None:
         g, s = self.g, self.shape
         if isinstance(head, BlockQuantized):
             self.lin.matmul_nbits(x, head, "lm_head", qweight=self._shared_codes or None, output="logits")
@@ -250,28 +292,28 @@ class _Decoder:
         y = g.op("Gemm", [flat, table], name="/lm_head/Gemm", transB=1)
         out_shape = g.op(
             "Concat",
-            [g.op("Shape", [ids], name="/lm_head/Shape"), g.const([s.vocab_size])],
+            [g.op("Shape", [x], name="/lm_head/Shape", end=2), g.const([s.vocab_size])],
             name="/lm_head/Concat",
             axis=0,
         )
         g.op("Reshape", [y, out_shape], name="/lm_head/Reshape", outputs=["logits"])
 
-    def _layer(self, x: str, i: int, weights: Mapping[str, Weight]) -> str:
+    def _layer(self, residual: str, delta: str, i: int, weights: Mapping[str, Weight]) -> tuple[str, str]:
         g, s, lin = self.g, self.shape, self.layer_lin
         p = f"model.layers.{i}"
 
         def w(name: str) -> Weight:
             return prepare_weight(weights[f"{p}.{name}.weight"], self.quant)
 
-        h = self._norm(x, weights[f"{p}.input_layernorm.weight"], f"{p}.input_layernorm")
+        h, residual = self._add_norm(residual, delta, weights[f"{p}.input_layernorm.weight"], f"{p}.input_layernorm")
         qkv = lin.fused(h, [w(f"self_attn.{n}_proj") for n in "qkv"], f"{p}.self_attn.qkv_proj")
         projected = ProjectedQKV(fused=qkv) if isinstance(qkv, str) else ProjectedQKV(None, *qkv)
         past = (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
         attn = self.attn.layer(g, s, i, projected, past)
         o = lin.linear(attn, w("self_attn.o_proj"), f"{p}.self_attn.o_proj")
-        x = g.op("Add", [x, o], name=f"/{p}/attn/residual/Add")
 
-        h = self._norm(x, weights[f"{p}.post_attention_layernorm.weight"], f"{p}.post_attention_layernorm")
+        post = f"{p}.post_attention_layernorm"
+        h, residual = self._add_norm(residual, o, weights[f"{post}.weight"], post)
         out = lin.fused(h, [w("mlp.gate_proj"), w("mlp.up_proj")], f"{p}.mlp.gate_up_proj")
         if isinstance(out, str):
             gate, up = g.op(
@@ -281,5 +323,4 @@ class _Decoder:
             gate, up = out
         act = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"/{p}/mlp/Sigmoid")], name=f"/{p}/mlp/Mul")
         act = g.op("Mul", [act, up], name=f"/{p}/mlp/Mul")
-        down = lin.linear(act, w("mlp.down_proj"), f"{p}.mlp.down_proj")
-        return str(g.op("Add", [x, down], name=f"/{p}/mlp/residual/Add"))
+        return residual, lin.linear(act, w("mlp.down_proj"), f"{p}.mlp.down_proj")

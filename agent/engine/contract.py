@@ -16,6 +16,7 @@ feeding a guess would give silently wrong text.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,9 +82,16 @@ def _dim(value: Any, fallback: int | None, what: str, name: str) -> int:
     return fallback
 
 
-def discover_contract(inputs: list[Any], outputs: list[Any], config: ModelConfig) -> GraphContract:
-    """Build the contract from ``session.get_inputs()`` / ``get_outputs()`` (ORT NodeArg lists)."""
+def discover_contract(
+    inputs: Sequence[Any], outputs: Sequence[Any], config: ModelConfig, overridable: Sequence[Any] = ()
+) -> GraphContract:
+    """Build the contract from ``session.get_inputs()`` / ``get_outputs()`` (ORT NodeArg lists).
+    ``overridable`` (``session.get_overridable_initializers()``) may hold a ``logits_to_keep`` input
+    with a default (hflocal's fused graphs): it is fed like a plain one; others are left alone."""
     by_name = {node.name: node for node in inputs}
+    for node in overridable:
+        if node.name in _LOGITS_TO_KEEP and node.name not in by_name:
+            by_name[node.name] = node
     out_names = {node.name for node in outputs}
     unknown = [
         name for name in by_name

@@ -200,7 +200,9 @@ def load_model(
     used = session.get_providers()[0] if session.get_providers() else CPU
     if used != providers[0]:
         fallback = f"{providers[0]} could not be initialised; using {used}"
-    contract = discover_contract(session.get_inputs(), session.get_outputs(), config)
+    contract = discover_contract(
+        session.get_inputs(), session.get_outputs(), config, session.get_overridable_initializers()
+    )
     runner = make_runner(session, contract, context, tokenizer.vocab_size)
     info = ModelInfo(
         path=folder,
