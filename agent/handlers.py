@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent import __version__, hub
-from agent.errors import AgentError, BadRequestError
+from agent.errors import AgentError, BadRequestError, NetworkError
 from agent.hardware import hardware_info
 from agent.variants import InvalidNameError, VariantKey, normalize_device, normalize_quantization, validate_model_id
 from ipc.messages import (
@@ -86,6 +86,21 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
     return await future
 
 
+HUB_ANSWER_S = 30.0
+"""How long ``search`` and ``model_files`` wait for the Hub before answering ``network``. The client
+has no timeout of its own on some calls (``list_models``), so a Hub that accepts the connection and
+never answers would otherwise leave the caller to its own deadline and a misleading "no reply from
+the agent". The abandoned call finishes (or not) in its daemon thread."""
+
+
+async def ask_hub(fn: Callable[..., T], *args: Any) -> T:
+    """``off_loop(fn, *args)`` for a read-only Hub call, answered ``network`` after ``HUB_ANSWER_S``."""
+    try:
+        return await asyncio.wait_for(off_loop(fn, *args), HUB_ANSWER_S)
+    except TimeoutError:
+        raise NetworkError(hub.endpoint(), f"no answer within {HUB_ANSWER_S:g} s") from None
+
+
 def _names(fn):  # type: ignore[no-untyped-def]
     """Turn ``InvalidNameError`` (a ValueError) into a ``bad_request`` with the same message."""
 
@@ -129,7 +144,7 @@ async def search(rt: Runtime, req: Search) -> SearchResult:
     """Hub search for ONNX text-generation models (curated list for an empty query)."""
     if not 1 <= req.limit <= 200:
         raise BadRequestError(f"limit must be between 1 and 200, got {req.limit}")
-    models = await off_loop(hub.search, req.query.strip(), req.limit)
+    models = await ask_hub(hub.search, req.query.strip(), req.limit)
     return SearchResult(query=req.query, models=models)
 
 
@@ -138,7 +153,7 @@ async def model_files(rt: Runtime, req: ModelFiles) -> ModelFilesResult:
     """The quantizations a repo offers, each with its files and download size."""
     model_id = validate_model_id(req.model_id)
     installed = [e.quantization for e in rt.store.list() if e.model_id == model_id and e.status == "ready"]
-    return await off_loop(hub.model_files, model_id, req.revision, installed)
+    return await ask_hub(hub.model_files, model_id, req.revision, installed)
 
 
 async def list_installed(rt: Runtime, req: ListInstalled) -> InstalledResult:

@@ -140,3 +140,15 @@ def test_a_corrupted_transfer_is_refused_and_a_second_pull_repairs_it(
     assert entry["status"] == "ready" and entry["error"] is None
     good = (tiny_model.path / "onnx/model_q4.onnx").read_bytes()
     assert (Path(entry["path"]) / "onnx/model_q4.onnx").read_bytes() == good
+
+
+def test_a_hub_that_never_answers_is_a_network_error_not_a_silent_agent(
+    tiny_hub: HubServer, hermetic_home: Path, agents: list[AgentProcess]
+) -> None:
+    agent = start_agent(hermetic_home)
+    agents.append(agent)
+    tiny_hub.control.add_fault("/api/models", stall_seconds=60, times=-1)  # the search listing
+    line = one_error_line(hermetic_home, "search", "tiny")
+    assert line == (f"hflocal: could not reach the Hub at {tiny_hub.url}: no answer within 30 s "
+                    "(check the network, HF_ENDPOINT and HTTPS_PROXY)")
+    assert json.loads(cli("status", "--json", home=hermetic_home).stdout)["pid"] == agent.proc.pid
