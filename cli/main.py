@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="import a local GGUF file, checkpoint folder or ONNX folder")
     p.add_argument("path", type=Path)
-    p.add_argument("--quant", action="append", choices=["q4", "q8", "fp16", "fp32"], help="repeatable; default q4")
+    p.add_argument("--quant", action="append", choices=["q4", "q8", "fp16", "fp32"], help="repeatable; default: q4 for a GGUF or checkpoint, every one an ONNX folder has")
     p.add_argument("--name", help="model id to install it as (org/name)")
     _add_json(p)
     p.set_defaults(func=commands.import_model)
