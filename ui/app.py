@@ -173,7 +173,7 @@ def _run(home: Path) -> int:
             raise RuntimeError(f"the {backend} backend cannot show notifications")
         icon.notify(body, title)
 
-    notifier = Notifier(icon_path=assets.path("logo-256.png"), fallback=fallback)
+    notifier = Notifier(icon_path=assets.path("logo-64.png"), fallback=fallback)
     holder: dict[str, Controller] = {}
     view = PystrayView(icon, lambda action: holder["c"].submit(action), notifier, default=default)
     controller = Controller(home, view, autostart=autostart)

@@ -27,6 +27,7 @@ log = logging.getLogger("hflocal.tray")
 
 ICON_SIZE = 64
 MIN_UPDATE_INTERVAL_S = 0.25
+MENU_OPEN_RETRY_S = 0.5
 
 
 def backend_name() -> str:
@@ -104,11 +105,13 @@ class PystrayView:
         self._title: str | None = None
         self.menu_builds = 0
         self.size = ICON_SIZE
+        self._latest: Snapshot | None = None
 
     # ------------------------------------------------------------------ View
 
     def show(self, snapshot: Snapshot) -> None:
         with self._lock:
+            self._latest = snapshot
             self._pending = snapshot
             if self._timer is not None:
                 return
@@ -165,7 +168,24 @@ class PystrayView:
             self.apply(snapshot)
 
     def apply(self, snapshot: Snapshot) -> None:
-        """Bring icon, tooltip and menu in line with ``snapshot``, touching only what changed."""
+        """Bring icon, tooltip and menu in line with ``snapshot``, touching only what changed
+        (on the GTK thread where the backend has one)."""
+        if uses_glib(self.backend):
+            from gi.repository import GLib
+
+            GLib.idle_add(self._apply_now, snapshot)
+        else:
+            self._apply_now(snapshot)
+
+    def _menu_open(self) -> bool:
+        """Whether the user has the menu open now (GTK backends; called on the GTK thread)."""
+        handle = getattr(self.icon, "_menu_handle", None)
+        try:
+            return bool(handle is not None and handle.get_visible())
+        except Exception:  # noqa: BLE001 - a backend without GTK menus
+            return False
+
+    def _apply_now(self, snapshot: Snapshot) -> bool:
         state = icon_state(snapshot)
         if state != self._icon_state:
             self._icon_state = state
@@ -176,9 +196,22 @@ class PystrayView:
             self.icon.title = title
         entries = menu_entries(snapshot)
         if entries != self._entries:
+            if self._menu_open():
+                # Replacing an open menu would close it under the user's pointer: its labels wait
+                # (download percentages freeze) until it closes.
+                timer = threading.Timer(MENU_OPEN_RETRY_S, self._retry)
+                timer.daemon = True
+                timer.start()
+                return False
             self._entries = entries
             self.menu_builds += 1
             self.icon.menu = to_pystray(entries, self.submit, self.default)
+        return False
+
+    def _retry(self) -> None:
+        latest = self._latest
+        if latest is not None:
+            self.show(latest)
 
     def _copy_gtk(self, text: str) -> bool:
         from gi.repository import Gdk, GLib, Gtk

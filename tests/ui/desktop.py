@@ -32,6 +32,7 @@ DUNSTRC = """\
     offset = 10x40
     width = 360
     origin = top-right
+    max_icon_size = 32
 [log_everything]
     summary = "*"
     script = {script}
@@ -66,20 +67,16 @@ class Desktop:
 
     def start(self, timeout: float = 30.0) -> Desktop:
         self.root.mkdir(parents=True, exist_ok=True)
-        for attempt in range(3):  # -displayfd can race with another X server starting at the same moment
+        for _ in range(3):  # -displayfd can race with another X server starting at the same moment
             self._start_xvfb(timeout)
-            if self.wait(lambda: self._display_answers() or self.procs["xvfb"].poll() is not None, timeout, "Xvfb"):
-                if self._display_answers():
-                    break
+            self.wait(lambda: self._display_answers() or self.procs["xvfb"].poll() is not None, timeout, "Xvfb")
+            if self._display_answers():
+                break
             self.stop()
         else:
             raise RuntimeError(f"Xvfb did not start: {(self.root / 'xvfb.log').read_text(errors='replace')}")
         self._start_bus()
-        self._spawn("trayer", ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "240",
-                               "--heighttype", "pixel", "--height", str(PANEL_HEIGHT), "--SetDockType", "true",
-                               "--expand", "false", "--transparent", "false", "--tint", "0xdddddd"])
-        self.wait(lambda: self.xdotool("search", "--onlyvisible", "--class", "trayer", check=False).strip(), timeout,
-                  "trayer's panel")
+        self._start_trayer(timeout)
         script = self.root / "log-notification.sh"
         script.write_text(LOG_SCRIPT.format(log=self.notifications_log))
         script.chmod(0o755)
@@ -89,6 +86,19 @@ class Desktop:
         self._spawn("dunst", ["dunst", "-config", str(rc)])
         self.wait(lambda: self._run(["dunstctl", "is-paused"]).returncode == 0, timeout, "dunst on the session bus")
         return self
+
+    def _trayer_up(self) -> bool:
+        return bool(self.xdotool("search", "--onlyvisible", "--class", "trayer", check=False).strip())
+
+    def _start_trayer(self, timeout: float) -> None:
+        for _ in range(3):
+            self._spawn("trayer", ["trayer", "--edge", "top", "--align", "right", "--widthtype", "pixel", "--width", "240",
+                                   "--heighttype", "pixel", "--height", str(PANEL_HEIGHT), "--SetDockType", "true",
+                                   "--expand", "false", "--transparent", "false", "--tint", "0xdddddd"])
+            self.wait(lambda: self._trayer_up() or self.procs["trayer"].poll() is not None, timeout, "trayer")
+            if self._trayer_up():
+                return
+        raise RuntimeError(f"trayer did not start: {(self.root / 'trayer.log').read_text(errors='replace')}")
 
     def stop(self) -> None:
         for name in ("dunst", "trayer", "dbus", "xvfb"):
@@ -105,7 +115,8 @@ class Desktop:
     def _start_xvfb(self, timeout: float) -> None:
         read_fd, write_fd = os.pipe()
         proc = subprocess.Popen(
-            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp"],
+            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp",
+             "-noreset"],  # without it the server resets whenever its last client leaves
             pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=open(self.root / "xvfb.log", "wb"),  # noqa: SIM115
         )
         os.close(write_fd)

@@ -38,10 +38,14 @@ def port_free(port: int) -> bool:
         return True
 
 
-def publish_tiny(hub_repos: HubRepos, model_id: str, dest: Path, reply: str) -> TinyModel:
-    """Build a tiny onnx-community style repo (q4) answering ``reply`` and put it on the local hub."""
+def publish_tiny(
+    hub_repos: HubRepos, model_id: str, dest: Path, reply: str, extra: dict[str, bytes] | None = None
+) -> TinyModel:
+    """Build a tiny onnx-community style repo (q4) answering ``reply`` and put it on the local hub
+    (with ``extra`` files added as they are)."""
     model = build_tiny_repo(dest, ("q4",), reply=reply)
-    files = {str(p.relative_to(dest)): p for p in sorted(dest.rglob("*")) if p.is_file()}
+    files: dict[str, bytes | Path] = {str(p.relative_to(dest)): p for p in sorted(dest.rglob("*")) if p.is_file()}
+    files.update(extra or {})
     hub_repos.add_repo(model_id, files, pipeline_tag="text-generation", tags=["onnx", "transformers.js"])
     return model
 

@@ -9,6 +9,7 @@ the worker's own API (``/health``, ZeroMQ).
 from __future__ import annotations
 
 import os
+import random
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from ipc.client import Client
 from ipc.connection import AgentNotRunning, pid_alive, read_connection
-from ipc.messages import Download, ListInstalled
+from ipc.messages import Download, ListInstalled, Status
 from tests.hubserver import HubRepos, HubServer
 from tests.support.agentproc import AgentProcess, start_agent
 from tests.ui.desktop import Desktop, TrayProcess, color_near, missing_tools, start_tray
@@ -44,8 +45,12 @@ def desktop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Desktop]:
 
 @pytest.fixture
 def hub_models(hub: HubServer, hub_repos: HubRepos, hf_env: Path, tmp_path: Path) -> HubServer:
-    for i, model_id in enumerate((*MODELS, EXTRA)):
+    for i, model_id in enumerate(MODELS):
         publish_tiny(hub_repos, model_id, tmp_path / "repos" / model_id.split("/")[1], reply=f"I am model {i}.")
+    # The one downloaded while the tray watches carries a 12 MiB external-data file: the client reads
+    # 10 MiB at a time, and a download notices a cancel between reads.
+    publish_tiny(hub_repos, EXTRA, tmp_path / "repos" / "tiny-c", reply="I am model 2.",
+                 extra={"onnx/model_q4.onnx_data": random.Random(7).randbytes(12 * 2**20)})
     return hub
 
 
@@ -187,9 +192,16 @@ def test_tray_switches_models_downloads_restarts_and_quits(
     assert "Traceback" not in tray.output(), tray.output()
 
 
-def test_settings_copy_logs_and_start_at_login_items(
+def read_connection_pid(home: Path) -> int | None:
+    try:
+        return read_connection(home / "agent.json").pid
+    except AgentNotRunning:
+        return None
+
+
+def test_menu_items_settings_copy_logs_login_cancel_restart(
     desktop: Desktop, tray_home: tuple[Path, list[str], tuple[int, int, int]], trays: list[TrayProcess], tmp_path: Path,
-    artifacts_dir: Path,
+    artifacts_dir: Path, hub_models: HubServer,
 ) -> None:
     home, _, (http, _, _) = tray_home
     env, opened = fake_programs(tmp_path)
@@ -224,6 +236,34 @@ def test_settings_copy_logs_and_start_at_login_items(
     desktop.close_menus(icon)
     click(5)
     desktop.wait(lambda: not entry.exists(), 20, "the autostart entry to be removed")
+
+    # a slow download shows its progress under Downloads, and Cancel there stops it
+    hub_models.control.add_fault(f"{EXTRA}/onnx/*", rate_limit_bytes_per_s=1_000_000, times=-1)
+    with Client(home, timeout=30) as client:
+        job = client.call(Download(model_id=EXTRA))
+        desktop.wait(lambda: client.call(Status()).downloads, 60, "the download to run")
+        desktop.wait(lambda: icon_shows(desktop, icon, "downloading"), 30, "the blue download badge")
+        x, _, w, h = desktop.geometry(icon)
+        desktop.screenshot(artifacts_dir / "tray-icon-downloading.png", region=(x - 4, 0, w + 8, h + 2))
+        desktop.open_menu(icon)
+        desktop.key("Down", "Down", "Right")  # Downloads ▸ (its first row is selected)
+        desktop.wait(lambda: len(desktop.menus(icon)) >= 2, 10, "the Downloads submenu")
+        desktop.key("Right")  # the row's submenu: the details line is not selectable, Cancel is
+        desktop.wait(lambda: len(desktop.menus(icon)) >= 3, 10, "the download's submenu")
+        desktop.screenshot(artifacts_dir / "tray-menu-download.png", region=menu_region(desktop, icon))
+        desktop.key("Return")
+        desktop.wait(lambda: not client.call(Status()).downloads, 30, "the download to be cancelled")
+        assert {m.key: m.status for m in client.call(ListInstalled()).models}.get(job.key) != "ready"
+    hub_models.control.clear_faults()
+    desktop.close_menus(icon)
+    assert not [n for n in desktop.notifications() if n.summary == "Download failed"]
+
+    # Restart runtime: a new worker, the same API
+    click(6)
+    desktop.wait(lambda: (pid := read_connection_pid(home)) is not None and pid != info.pid, 60, "a new worker")
+    desktop.wait(lambda: health(http), 60, "/health after Restart runtime")
+    assert not pid_alive(info.pid)
+    info = read_connection(home / "agent.json")
 
     # SIGTERM is Quit: the worker stops politely (agent.json removed) and the tray exits 0
     worker = info.pid
