@@ -298,3 +298,18 @@ def test_second_tray_for_the_same_home_says_so(
     trays.append(second)
     assert second.proc.wait(60) == 1
     assert "a tray is already running" in second.output()
+
+
+def test_xorg_backend_says_what_is_missing_and_still_supervises(
+    desktop: Desktop, hermetic_home: Path, trays: list[TrayProcess],
+) -> None:
+    """Only the xorg backend (no PyGObject): a clear message, the icon with its state, a worker."""
+    http, _, _ = configure_ports(hermetic_home)
+    tray = start_tray(desktop, hermetic_home, env={"PYSTRAY_BACKEND": "xorg"})
+    trays.append(tray)
+    desktop.wait(lambda: "has no menu" in tray.output(), 60, f"the xorg message\n{tray.output()}")
+    desktop.wait(lambda: health(http), 60, "/health")
+    desktop.tray_icon(60)
+    tray.proc.send_signal(signal.SIGTERM)
+    assert tray.proc.wait(60) == 0, tray.output()
+    assert not (hermetic_home / "agent.json").exists()
