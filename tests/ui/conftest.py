@@ -5,5 +5,14 @@ from __future__ import annotations
 
 import os
 
-# pystray picks its backend when first imported; the unit tests must never need a display.
+# pystray picks its backend once, when first imported: import it now with the dummy backend, then put
+# the environment back so that no subprocess of any test inherits PYSTRAY_BACKEND from here.
+_saved = os.environ.get("PYSTRAY_BACKEND")
 os.environ["PYSTRAY_BACKEND"] = "dummy"
+try:
+    import pystray  # noqa: F401
+finally:
+    if _saved is None:
+        del os.environ["PYSTRAY_BACKEND"]
+    else:
+        os.environ["PYSTRAY_BACKEND"] = _saved

@@ -76,6 +76,11 @@ def test_ready_menu_has_every_item_in_order() -> None:
     assert RestartRuntime() in actions and OpenLogs() in actions and actions[-1] == Quit()
 
 
+def test_tooltip_names_the_model_and_the_address() -> None:
+    assert title_text(snap(*READY)) == "hflocal\nModel: tiny-a (q4)\nhttp://127.0.0.1:9231/v1"
+    assert title_text(Snapshot()) == "hflocal\nStarting the runtime\u2026"
+
+
 def test_loading_is_shown_on_the_model_and_switching_waits() -> None:
     s = snap(*READY, SwitchRequested(key=KEY_B, job_id="j"))
     models = sub(menu_entries(s)[2])

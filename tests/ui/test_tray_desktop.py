@@ -313,3 +313,18 @@ def test_xorg_backend_says_what_is_missing_and_still_supervises(
     tray.proc.send_signal(signal.SIGTERM)
     assert tray.proc.wait(60) == 0, tray.output()
     assert not (hermetic_home / "agent.json").exists()
+
+
+def test_worker_exits_by_itself_when_the_tray_is_killed(
+    desktop: Desktop, hermetic_home: Path, trays: list[TrayProcess],
+) -> None:
+    http, req, pub = configure_ports(hermetic_home)
+    tray = start_tray(desktop, hermetic_home)
+    trays.append(tray)
+    desktop.wait(lambda: health(http), 60, "/health")
+    worker = read_connection(hermetic_home / "agent.json").pid
+    assert tray.worker_pids() == [worker]
+    tray.proc.kill()
+    tray.proc.wait(10)
+    desktop.wait(lambda: not pid_alive(worker), 60, "the orphaned worker to stop")
+    assert all(port_free(p) for p in (http, req, pub))
