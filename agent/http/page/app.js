@@ -279,7 +279,7 @@ let searchSeq = 0;
 async function search(query) {
   const seq = ++searchSeq;
   clearError($("search-error"));
-  $("search-go").disabled = true;
+  $("results").setAttribute("aria-busy", "true");
   $("search-note").textContent = query ? `Searching for “${query}”…` : "Loading suggested models…";
   try {
     const result = await api(`/api/search?q=${encodeURIComponent(query)}&limit=30`);
@@ -291,7 +291,7 @@ async function search(query) {
     $("search-note").textContent = "";
     showError($("search-error"), err);
   } finally {
-    if (seq === searchSeq) $("search-go").disabled = false;
+    if (seq === searchSeq) $("results").removeAttribute("aria-busy");
   }
 }
 
@@ -756,7 +756,8 @@ function init() {
     });
   }
   renderApi();
-  refreshAll().then(() => search(""));
+  search("");  // the suggestions; a search the user starts meanwhile wins (searchSeq)
+  refreshAll();
   connectEvents();
 }
 
