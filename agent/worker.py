@@ -76,7 +76,7 @@ def _apply_options(settings: Settings, options: WorkerOptions) -> Settings:
         zmq_settings = msgspec.structs.replace(zmq_settings, request=options.zmq_request)
     if options.zmq_events:
         zmq_settings = msgspec.structs.replace(zmq_settings, events=options.zmq_events)
-    if zmq_settings.request == zmq_settings.events:
+    if zmq_settings.request == zmq_settings.events and not zmq_settings.request.endswith(":0"):  # :0 = any free port
         raise StartupError(f"the ZeroMQ request and event endpoints must differ (both are {zmq_settings.request})")
     return msgspec.structs.replace(settings, http=http, zmq=zmq_settings)
 

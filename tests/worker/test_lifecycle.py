@@ -251,3 +251,17 @@ def test_the_worker_exits_when_its_parent_dies(hermetic_home: Path) -> None:
             parent.stdout.close()
         if worker_pid and pid_alive(worker_pid):
             os.kill(worker_pid, signal.SIGKILL)
+
+
+def test_port_zero_everywhere_means_free_ports_named_in_agent_json(
+    hermetic_home: Path, agents: list[AgentProcess]
+) -> None:
+    agent = start_agent(hermetic_home, extra_args=(
+        "--port", "0", "--zmq-request", "tcp://127.0.0.1:0", "--zmq-events", "tcp://127.0.0.1:0"))
+    agents.append(agent)
+    info = agent.info
+    ports = {int(url.rsplit(":", 1)[1]) for url in (info.http_url, info.request_endpoint, info.event_endpoint)}
+    assert len(ports) == 3 and 0 not in ports
+    assert httpx.get(info.http_url + "/health", timeout=10).json()["port"] == int(info.http_url.rsplit(":", 1)[1])
+    with agent.client() as client:
+        assert client.call(Ping()).pid == agent.proc.pid
