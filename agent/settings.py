@@ -87,7 +87,7 @@ def _check(settings: Settings, path: Path) -> Settings:
     for key, value in (("zmq.request", settings.zmq.request), ("zmq.events", settings.zmq.events)):
         if not _ENDPOINT.match(value):
             raise bad(key, value, "a ZeroMQ endpoint such as tcp://127.0.0.1:9232 or ipc:///path")
-    if settings.zmq.request == settings.zmq.events:
+    if settings.zmq.request == settings.zmq.events and not settings.zmq.request.endswith(":0"):  # :0 = any free port
         raise bad("zmq.events", settings.zmq.events, "an endpoint different from zmq.request")
     return settings
 

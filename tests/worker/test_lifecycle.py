@@ -265,3 +265,21 @@ def test_port_zero_everywhere_means_free_ports_named_in_agent_json(
     assert httpx.get(info.http_url + "/health", timeout=10).json()["port"] == int(info.http_url.rsplit(":", 1)[1])
     with agent.client() as client:
         assert client.call(Ping()).pid == agent.proc.pid
+
+
+def test_port_zero_in_settings(hermetic_home: Path, agents: list[AgentProcess]) -> None:
+    (hermetic_home / "settings.toml").write_text(
+        '[http]\nport = 0\n[zmq]\nrequest = "tcp://127.0.0.1:0"\nevents = "tcp://127.0.0.1:0"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "serve"], cwd=REPO_ROOT,
+                            env={**os.environ, "HFLOCAL_HOME": str(hermetic_home)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: proc.poll() is not None or (hermetic_home / "agent.json").exists(), 60, "the start")
+        assert proc.poll() is None, proc.communicate()[1]
+        info = json.loads((hermetic_home / "agent.json").read_text())
+        assert not info["request_endpoint"].endswith(":0") and info["request_endpoint"] != info["event_endpoint"]
+        assert cli("status", home=hermetic_home).returncode == 0
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=20)
+    assert proc.returncode == 0
