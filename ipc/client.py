@@ -135,7 +135,7 @@ class Client(_Base):
             frames = sock.recv_multipart()
             try:
                 reply = reply_decoder.decode(frames[-1])
-            except (msgspec.DecodeError, msgspec.ValidationError):
+            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
                 continue
             if reply.id == call_id:
                 return cast("Ok | Error", reply)
@@ -198,7 +198,7 @@ class AsyncClient(_Base):
                     frames = await sock.recv_multipart()
                     try:
                         reply = reply_decoder.decode(frames[-1])
-                    except (msgspec.DecodeError, msgspec.ValidationError):
+                    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
                         continue
                     if reply.id == call_id:
                         return cast("Ok | Error", reply)

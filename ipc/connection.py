@@ -90,7 +90,7 @@ def read_connection(path: Path, *, require_alive: bool = True) -> ConnectionInfo
         raise AgentNotRunning(home, f"cannot read {path}: {exc.strerror or exc}") from None
     try:
         info = msgspec.json.decode(raw, type=ConnectionInfo)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise AgentNotRunning(home, f"{path} is unreadable: {exc}") from None
     if require_alive and not pid_alive(info.pid):
         raise AgentNotRunning(home, f"stale {path.name}: pid {info.pid} is not running")

@@ -74,7 +74,7 @@ def decode_event(frames: list[bytes]) -> Event | None:
         return None
     try:
         event: AnyEvent = event_decoder.decode(frames[1])
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
         return None
     return event
 

@@ -128,7 +128,7 @@ class RequestServer:
         request_id = _peek_id(payload)
         try:
             request = request_decoder.decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
             self._send(envelope, Error(id=request_id, code="bad_request", message=_explain_decode(payload, exc)))
             return
         if not hmac.compare_digest(request.token.encode(), self._token):

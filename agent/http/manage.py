@@ -209,7 +209,7 @@ async def _body(kind: type[S]) -> S:
         return msgspec.json.decode(data, type=kind)
     except msgspec.ValidationError as exc:
         raise _Refusal("bad_request", f"invalid {kind.__struct_config__.tag} request: {exc}") from None
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise _Refusal("bad_request", f"the body is not valid JSON: {exc}") from None
 
 

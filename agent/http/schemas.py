@@ -128,6 +128,11 @@ def decode(body: bytes | str, kind: type[T]) -> T:
             f"We could not parse the JSON body of your request ({exc}). Send a JSON object.",
             code="invalid_json",
         ) from None
+    except UnicodeDecodeError as exc:  # msgspec raises it for invalid UTF-8 inside a string
+        raise invalid_request(
+            f"The body of your request is not valid UTF-8 ({exc.reason} at byte {exc.start}). Send UTF-8 JSON.",
+            code="invalid_json",
+        ) from None
 
 
 def _explain(text: str) -> tuple[str, str | None]:
