@@ -10,6 +10,11 @@ its own. What a caller may rely on:
 - With ``http.api_key`` (or ``HFLOCAL_API_KEY``) set, ``/v1/*`` needs ``Authorization: Bearer <key>``;
   ``/health`` and extra blueprints are not guarded (they guard themselves if they need to).
 - ``http.cors_origins`` (``"*"`` allowed) gets CORS headers on every route, preflights included.
+- A request whose ``Host`` names another machine (DNS rebinding: ``Host: evil.example`` resolved to
+  127.0.0.1) is refused with 403 on every route (the management blueprint applies its own, stricter
+  check); loopback names and the bound address pass, and so does any name when the worker was
+  explicitly bound to all interfaces (then the API key guards ``/v1``).
+- ``GET /openapi.json`` is the OpenAPI document of all of it (``agent.http.openapi``).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Blueprint, Quart, Response, request
 
-from agent.http.errors import register_error_handlers
+from agent.http.access import is_loopback, split_host
+from agent.http.errors import ApiError, register_error_handlers
+from agent.http.openapi import openapi_document
 from agent.http.openai_routes import blueprint as openai_blueprint
 from agent.http.openai_routes import json_response
 from agent.http.state import EXTENSION, HttpState, state
@@ -72,12 +79,39 @@ def create_app(pool: ModelPool, settings: Settings, *, extra_blueprints: Sequenc
             "version": VERSION,
         })
 
+    @app.get("/openapi.json")
+    async def openapi() -> Response:
+        return json_response(openapi_document(VERSION))
+
+    app.before_request(_check_host)
     app.register_blueprint(openai_blueprint, url_prefix="/v1")
     for bp in extra_blueprints:
         app.register_blueprint(bp)
     app.after_request(_cors)
     register_error_handlers(app)
     return app
+
+
+async def _check_host() -> None:
+    """Refuse a ``Host`` that names another machine (see the module docstring)."""
+    if request.blueprint == "manage":
+        return  # it checks Host, Origin and its token itself
+    header = request.headers.get("Host")
+    if not header:
+        return  # HTTP/1.0 without Host: no browser sends that
+    bound = state().settings.http.host
+    parsed = split_host(header)
+    if parsed is not None:
+        name = parsed[0]
+        if is_loopback(name) or name == bound:
+            return
+        try:
+            if ipaddress.ip_address(bound).is_unspecified:
+                return
+        except ValueError:
+            pass
+    raise ApiError(403, f"refused: Host {header[:100]!r} is not this agent's address (DNS rebinding protection)",
+                   code="forbidden_host")
 
 
 async def _cors(response: Response) -> Response:

@@ -1,0 +1,187 @@
+"""The OpenAPI 3.1 document of the HTTP API, served at ``GET /openapi.json``.
+
+Derived, not hand-copied: request bodies are the JSON Schemas of the msgspec Structs the routes
+decode with (``agent.http.schemas`` mirrors OpenAI's own spec, a subset of which lives in
+``tests/http/data/openai-subset.openapi.json``; the management API's bodies and answers are the
+protocol Structs of ``ipc.messages``), so the document cannot drift from what the code accepts.
+Component and operation names follow OpenAI's spec (``CreateChatCompletionRequest``,
+``createChatCompletion``...) so generated clients look familiar.
+
+What a caller may rely on: every operation lists the error answers it can give, in the shape it
+gives them (OpenAI's ``ErrorResponse`` under ``/v1``, ``{code, message, details}`` under ``/api``),
+and the security each route needs (``apiKey`` for ``/v1`` when configured, ``agentToken`` for
+``/api``). The document is built once per process and is the same for every request.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import msgspec
+
+from agent.http import schemas
+from ipc import messages as m
+
+REF = "#/components/schemas/{name}"
+
+_OPENAI_NAMES = {"ChatCompletionRequest": "CreateChatCompletionRequest", "CompletionRequest": "CreateCompletionRequest"}
+"""Our Struct names → the names OpenAI's spec gives the same bodies."""
+
+_PROTOCOL_FIELDS = ("type", "id", "token", "protocol")
+"""Fields of a ZeroMQ request that an HTTP body does not carry (the route fills them in)."""
+
+
+def _json(ref: str, description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+
+
+def _openai_errors(*statuses: int) -> dict[str, Any]:
+    text = {
+        400: "Invalid request (the message names the parameter)", 401: "Missing or wrong API key",
+        403: "Host not allowed (DNS rebinding protection)", 404: "Unknown model or route",
+        405: "Method not allowed", 413: "Body larger than http.max_body_bytes",
+        415: "Body is not JSON", 429: "Too many requests (Retry-After)", 500: "The model failed to load",
+        503: "Queue full or model loading (Retry-After)",
+    }
+    return {str(s): _json("ErrorResponse", text.get(s, "Error")) for s in statuses}
+
+
+def _api_errors(*statuses: int) -> dict[str, Any]:
+    return {str(s): _json("ApiError", "Error (code and message)") for s in statuses}
+
+
+_V1_ERRORS = (400, 401, 403, 404, 413, 500, 503)
+_API_ERRORS = (400, 401, 403, 404, 409, 415, 422, 500, 502, 503, 507)
+
+
+def _strip_protocol(schema: dict[str, Any]) -> dict[str, Any]:
+    out = dict(schema)
+    out["properties"] = {k: v for k, v in schema["properties"].items() if k not in _PROTOCOL_FIELDS}
+    if "required" in out:
+        out["required"] = [k for k in out["required"] if k not in _PROTOCOL_FIELDS]
+    return out
+
+
+def _components() -> dict[str, Any]:
+    body_structs = [schemas.ChatCompletionRequest, schemas.CompletionRequest]
+    result_structs = [m.StatusResult, m.SearchResult, m.ModelFilesResult, m.InstalledResult, m.JobAccepted,
+                      m.Cancelled, m.Deleted, m.HardwareInfo]
+    _, found = msgspec.json.schema_components([*body_structs, *result_structs, m.Download, m.Activate],
+                                             ref_template=REF)
+    text = msgspec.json.encode(found).decode()
+    for ours, theirs in _OPENAI_NAMES.items():  # rename, references included
+        text = text.replace(f'"{ours}"', f'"{theirs}"').replace(f"/{ours}\"", f"/{theirs}\"")
+    comps: dict[str, Any] = msgspec.json.decode(text)
+    comps["Download"] = _strip_protocol(comps["Download"])
+    comps["Activate"] = _strip_protocol(comps["Activate"])
+    nullable_str = {"anyOf": [{"type": "string"}, {"type": "null"}]}
+    comps.update({
+        "Error": {"type": "object", "required": ["message", "type", "param", "code"], "properties": {
+            "message": {"type": "string"}, "type": {"type": "string"}, "param": nullable_str, "code": nullable_str}},
+        "ErrorResponse": {"type": "object", "required": ["error"], "properties": {"error": {"$ref": REF.format(name="Error")}}},
+        "ApiError": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"}, "details": {}}},
+        "Model": {"type": "object", "required": ["id", "object", "created", "owned_by"], "properties": {
+            "id": {"type": "string"}, "object": {"enum": ["model"]}, "created": {"type": "integer"},
+            "owned_by": {"type": "string"}}},
+        "ListModelsResponse": {"type": "object", "required": ["object", "data"], "properties": {
+            "object": {"enum": ["list"]}, "data": {"type": "array", "items": {"$ref": REF.format(name="Model")}}}},
+        "CreateChatCompletionResponse": {"type": "object", "required": ["id", "object", "created", "model", "choices"],
+                                         "properties": {"id": {"type": "string"}, "object": {"enum": ["chat.completion"]},
+                                                        "created": {"type": "integer"}, "model": {"type": "string"},
+                                                        "choices": {"type": "array"}, "usage": {"type": "object"}}},
+        "CreateCompletionResponse": {"type": "object", "required": ["id", "object", "created", "model", "choices"],
+                                     "properties": {"id": {"type": "string"}, "object": {"enum": ["text_completion"]},
+                                                    "created": {"type": "integer"}, "model": {"type": "string"},
+                                                    "choices": {"type": "array"}, "usage": {"type": "object"}}},
+        "Health": {"type": "object", "required": ["status", "version"], "properties": {
+            "status": {"enum": ["ok"]}, "model": nullable_str, "model_state": {"type": "string"},
+            "port": {"type": "integer"}, "queue_depth": {"type": "integer"}, "version": {"type": "string"}}},
+        "Downloads": {"type": "object", "required": ["downloads"], "properties": {
+            "downloads": {"type": "array", "items": {"$ref": REF.format(name="DownloadInfo")}}}},
+    })
+    return comps
+
+
+def _generation(op_id: str, summary: str, body: str, answer: str) -> dict[str, Any]:
+    ok = _json(answer)
+    ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+    return {"post": {
+        "operationId": op_id, "tags": ["OpenAI"], "summary": summary, "security": [{"apiKey": []}, {}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name=body)}}}},
+        "responses": {"200": ok, **_openai_errors(*_V1_ERRORS, 415)},
+    }}
+
+
+def _api_get(op_id: str, summary: str, answer: str, parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"operationId": op_id, "tags": ["Management"], "summary": summary,
+                          "security": [{"agentToken": []}], "responses": {"200": _json(answer), **_api_errors(*_API_ERRORS)}}
+    if parameters:
+        op["parameters"] = parameters
+    return op
+
+
+def _param(name: str, where: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required or where == "path", "schema": schema}
+
+
+def _api_post(op_id: str, summary: str, body: str, answer: str) -> dict[str, Any]:
+    return {"operationId": op_id, "tags": ["Management"], "summary": summary, "security": [{"agentToken": []}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name=body)}}}},
+            "responses": {"202": _json(answer, "Accepted: follow the job's events"), **_api_errors(*_API_ERRORS)}}
+
+
+@cache
+def openapi_document(version: str) -> dict[str, Any]:
+    """The whole document (built once; ``version`` is the agent's version)."""
+    model_path = _param("model", "path", {"type": "string"})
+    paths: dict[str, Any] = {
+        "/health": {"get": {"operationId": "health", "tags": ["Agent"], "summary": "Liveness and the active model; answers at once.",
+                            "responses": {"200": _json("Health")}}},
+        "/openapi.json": {"get": {"operationId": "openapi", "tags": ["Agent"], "summary": "This document.",
+                                  "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
+        "/v1/models": {"get": {"operationId": "listModels", "tags": ["OpenAI"], "summary": "Installed, ready variants by variant key.",
+                               "security": [{"apiKey": []}, {}],
+                               "responses": {"200": _json("ListModelsResponse"), **_openai_errors(401, 403)}}},
+        "/v1/models/{model}": {"get": {"operationId": "retrieveModel", "tags": ["OpenAI"],
+                                       "summary": "One model by variant key or bare model id.", "parameters": [model_path],
+                                       "security": [{"apiKey": []}, {}],
+                                       "responses": {"200": _json("Model"), **_openai_errors(401, 403, 404)}}},
+        "/v1/chat/completions": _generation("createChatCompletion", "A chat answer, streamed (SSE) or not.",
+                                            "CreateChatCompletionRequest", "CreateChatCompletionResponse"),
+        "/v1/completions": _generation("createCompletion", "A text completion, streamed (SSE) or not.",
+                                       "CreateCompletionRequest", "CreateCompletionResponse"),
+        "/api/status": {"get": _api_get("status", "What the agent is doing.", "StatusResult")},
+        "/api/search": {"get": _api_get("search", "ONNX text-generation models on the Hub.", "SearchResult", [
+            _param("q", "query", {"type": "string"}), _param("limit", "query", {"type": "integer"})])},
+        "/api/models/{model_id}/files": {"get": _api_get("modelFiles", "Quantizations a repo offers and their sizes.",
+                                                         "ModelFilesResult", [
+                                                             _param("model_id", "path", {"type": "string"}),
+                                                             _param("revision", "query", {"type": "string"})])},
+        "/api/installed": {"get": _api_get("listInstalled", "Every variant in the store.", "InstalledResult")},
+        "/api/installed/{key}": {"delete": {**_api_get("deleteVariant", "Remove a variant (shared files are kept).",
+                                                       "Deleted", [_param("key", "path", {"type": "string"})])}},
+        "/api/downloads": {"get": _api_get("listDownloads", "Downloads in progress.", "Downloads"),
+                           "post": _api_post("startDownload", "Start (or join) a download.", "Download", "JobAccepted")},
+        "/api/downloads/{job_id}": {"delete": _api_get("cancelDownload", "Cancel a download; bytes are kept for a resume.",
+                                                       "Cancelled", [_param("job_id", "path", {"type": "string"})])},
+        "/api/activate": {"post": _api_post("activate", "Make a variant the active model and load it.", "Activate", "JobAccepted")},
+        "/api/hardware": {"get": _api_get("hardware", "OS, CPU, RAM, GPUs, providers and free disk.", "HardwareInfo")},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "hflocal", "version": version,
+                 "description": "OpenAI-compatible API of a local hflocal agent, plus its management API."},
+        "paths": paths,
+        "components": {
+            "schemas": _components(),
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "http.api_key or HFLOCAL_API_KEY, when set"},
+                "agentToken": {"type": "http", "scheme": "bearer", "description": "the token in agent.json (or the page's cookie)"},
+            },
+        },
+    }
+
+
+__all__ = ["openapi_document"]
