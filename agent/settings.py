@@ -52,7 +52,7 @@ class ModelSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
 
 
 class HubSettings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    default_model: str = "onnx-community/SmolLM2-135M-Instruct-ONNX-MHA"
+    default_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     """What the quickstart tries to download when the Hub is reachable."""
     resume_on_start: bool = True
     """Interrupted downloads continue when the worker starts again."""
