@@ -48,7 +48,11 @@ def _openai_errors(*statuses: int) -> dict[str, Any]:
 
 
 def _api_errors(*statuses: int) -> dict[str, Any]:
-    return {str(s): _json("ApiError", "Error (code and message)") for s in statuses}
+    found = {str(s): _json("ApiError", "Error (code and message)") for s in statuses}
+    # A path that matches no route (a model id with a newline, say) is the app's own 404, OpenAI-shaped.
+    found["404"] = {"description": "Not found", "content": {"application/json": {"schema": {"anyOf": [
+        {"$ref": REF.format(name="ApiError")}, {"$ref": REF.format(name="ErrorResponse")}]}}}}
+    return found
 
 
 _V1_ERRORS = (400, 401, 403, 404, 413, 500, 503)
