@@ -63,7 +63,8 @@ class Paths:
         """Create the folders, user-only where they hold secrets or state."""
         for folder in (self.home, self.logs, self.cache, self.imported):
             folder.mkdir(parents=True, exist_ok=True)
-        try:
-            os.chmod(self.home, 0o700)
-        except OSError:
-            pass
+        for private in (self.home, self.logs):  # the log names models, paths and clients' errors
+            try:
+                os.chmod(private, 0o700)
+            except OSError:
+                pass
