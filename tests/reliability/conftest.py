@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.tiny_model import TinyModel
+from tests.fakes import tiny_model as _tiny
 from tests.hubserver import HubRepos, HubServer
+from tests.reliability.support import make_ready
 from tests.support.agentproc import AgentProcess, start_agent
 from tests.support.fixtures import agent, tiny_hub, tiny_model  # noqa: F401 - fixtures
 from tests.support.worker import TINY, publish, repo_files
-from tests.reliability.support import make_ready
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: TinyModel) -> Iterator[AgentProcess]:
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: _tiny.TinyModel) -> Iterator[AgentProcess]:  # noqa: F811
     """One agent per module with ``TINY`` (q4) active and loaded, on its own home and hub.
 
     Shared by the tests of a module that only talk to it (bad input, load): starting one per test

@@ -6,9 +6,7 @@ collects those markers into ``docs/reliability.md``, so the table lists exactly 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import itertools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,10 +51,5 @@ def assert_memory_returns(samples: Sequence[int], what: str) -> None:
     first, last = samples[0], samples[-1]
     mib = [round(s / MIB, 1) for s in samples]
     assert last <= first * 1.25 + 48 * MIB, f"{what}: RSS grew from {mib[0]} to {mib[-1]} MiB: {mib}"
-    steps = [b - a for a, b in zip(samples, samples[1:])]
+    steps = [b - a for a, b in itertools.pairwise(samples)]
     assert not all(step > 4 * MIB for step in steps), f"{what}: RSS grew at every round: {mib} MiB"
-
-
-def run_python(code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO_ROOT, env={**os.environ, **(env or {})})

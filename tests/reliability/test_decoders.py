@@ -20,7 +20,14 @@ from agent.settings import Settings, SettingsError, load_settings
 from agent.store import Store
 from ipc.connection import AgentNotRunning, ConnectionInfo, read_connection
 from ipc.events import decode_event
-from ipc.messages import AnyRequest, Request, encode, event_decoder, reply_decoder, request_decoder
+from ipc.messages import (
+    AnyRequest,
+    Request,
+    encode,
+    event_decoder,
+    reply_decoder,
+    request_decoder,
+)
 from tests.reliability.support import case
 
 DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)

@@ -21,9 +21,9 @@ from agent.worker import StartupError, _check_exposure
 from ipc.client import Client, RemoteError
 from ipc.messages import Activate, Delete, Download, ModelFiles
 from tests.hubserver import HubRepos, HubServer
-from tests.reliability.support import KEY, REPO_ROOT, case, make_ready
+from tests.reliability.support import REPO_ROOT, case, make_ready
 from tests.support.agentproc import AgentProcess, cli, run_serve, start_agent
-from tests.support.worker import TINY, publish, repo_files, wait_until
+from tests.support.worker import TINY, publish, repo_files
 
 TOKEN_MODULES = ["ipc/server.py", "agent/http/access.py", "agent/http/openai_routes.py"]
 
