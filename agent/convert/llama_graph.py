@@ -50,6 +50,7 @@ __all__ = ["QUANT_FILES", "LlamaShape", "Quant", "Weight", "build_llama_model", 
 Progress: TypeAlias = Callable[[str, int, int], None]
 EXTERNAL_DATA_THRESHOLD = 1_500_000_000
 LOGITS_TO_KEEP = "logits_to_keep"
+RESCORE_TOP_K = 16
 
 
 def build_llama_model(
@@ -155,6 +156,7 @@ class _Decoder:
         self.layer_lin = LinearEmitter(g, fp16=quant == "fp16", accuracy_level=accuracy_level)
         self._table = ""  # float embedding initializer (a tied float head reuses it)
         self._shared_codes = ""  # lm_head code initializer the quantized embedding also gathers from
+        self._row_scales = ""  # its scales as [V, blocks, 1], the layout GatherBlockQuantized takes
 
     def _norm(self, x: str, weight: Weight, name: str) -> str:
         """RMSNorm in plain opset-17 ops, in the exact pattern onnxruntime fuses into one
@@ -245,9 +247,10 @@ class _Decoder:
         if shares_head_codes(s, head):
             # Gather rows of the lm_head codes [V, blocks, blob], quantized along axis 2.
             self._shared_codes = g.initializer("lm_head.qweight", head.data)
+            self._row_scales = g.initializer(f"{name}.scales", head.scales[..., None])
             out = g.op(
                 "GatherBlockQuantized",
-                [self._shared_codes, ids, g.initializer(f"{name}.scales", head.scales[..., None])],
+                [self._shared_codes, ids, self._row_scales],
                 name=f"/{name}/GatherBlockQuantized",
                 domain=MS_DOMAIN,
                 gather_axis=0,
@@ -280,7 +283,12 @@ class _Decoder:
     def _lm_head(self, x: str, head: Weight) -> None:
         g, s = self.g, self.shape
         if isinstance(head, BlockQuantized):
-            self.lin.matmul_nbits(x, head, "lm_head", qweight=self._shared_codes or None, output="logits")
+            rescore = head.zero_points is None
+            logits = self.lin.matmul_nbits(
+                x, head, "lm_head", qweight=self._shared_codes or None, output=None if rescore else "logits"
+            )
+            if rescore:
+                self._rescore(x, head, logits)
             return
         if s.tie_word_embeddings:
             table = self._table
@@ -297,6 +305,36 @@ class _Decoder:
             axis=0,
         )
         g.op("Reshape", [y, out_shape], name="/lm_head/Reshape", outputs=["logits"])
+
+    def _rescore(self, x: str, head: BlockQuantized, approx: str) -> None:
+        """Two-stage lm_head: the fast MatMulNBits (int8 activations) ranks the vocabulary, then the
+        ``RESCORE_TOP_K`` best rows are gathered from the same codes, dequantized exactly, and their
+        logits recomputed in float32. The greedy token is then the float model's own whenever it is
+        among the int8 top k (int8 error is ~0.1 logit, the k-th candidate is typically several
+        logits behind); the other logits keep the int8 value. Costs a TopK and k dot products."""
+        g, s = self.g, self.shape
+        codes = self._shared_codes or "lm_head.qweight"
+        scales = self._row_scales or g.initializer("lm_head.row_scales", head.scales[..., None])
+        _, top = g.op("TopK", [approx, g.const([RESCORE_TOP_K])], name="/lm_head/TopK", outputs=2, axis=-1)
+        rows = g.op(
+            "GatherBlockQuantized",
+            [codes, top, scales],
+            name="/lm_head/GatherBlockQuantized",
+            domain=MS_DOMAIN,
+            gather_axis=0,
+            quantize_axis=2,
+            block_size=head.block_size,
+            bits=head.bits,
+        )  # [B, S, k, blocks, block] codes of the k rows, dequantized
+        rows = g.op("Reshape", [rows, g.const([0, 0, 0, head.blocks * head.block_size])], name="/lm_head/Reshape")
+        if head.blocks * head.block_size != s.hidden_size:
+            rows = g.op("Slice", [rows, g.const([0]), g.const([s.hidden_size]), g.const([-1])], name="/lm_head/Slice")
+        h = g.op("Unsqueeze", [x, g.const([2])], name="/lm_head/Unsqueeze")
+        exact = g.op(
+            "ReduceSum", [g.op("Mul", [rows, h], name="/lm_head/Mul"), g.const([-1])], name="/lm_head/ReduceSum",
+            keepdims=0,
+        )
+        g.op("ScatterElements", [approx, top, exact], name="/lm_head/ScatterElements", outputs=["logits"], axis=-1)
 
     def _layer(self, residual: str, delta: str, i: int, weights: Mapping[str, Weight]) -> tuple[str, str]:
         g, s, lin = self.g, self.shape, self.layer_lin

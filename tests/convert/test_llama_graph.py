@@ -80,8 +80,11 @@ def test_repo_layout_and_io_contract(tiny: TinyModel) -> None:
             # Default per-node accuracy: 4-bit float activations, 8-bit int8 (the fast CPU kernels).
             nbits = [{a.name: a.i for a in n.attribute} for n in model.graph.node if n.op_type == "MatMulNBits"]
             expected = {"bits": 4, "accuracy_level": 0} if quant == "q4" else {"bits": 8, "accuracy_level": 4}
-            assert len(nbits) == 4 * s.num_layers + (quant == "q8")  # q4 keeps a float (fp16) head
-            assert all({k: a[k] for k in expected} == expected for a in nbits), nbits
+            layers = [a for a in nbits if a["N"] != s.vocab_size]
+            heads = [a for a in nbits if a["N"] == s.vocab_size]
+            assert len(layers) == 4 * s.num_layers
+            assert all({k: a[k] for k in expected} == expected for a in layers), layers
+            assert [{k: a[k] for k in ("bits", "accuracy_level")} for a in heads] == [{"bits": 8, "accuracy_level": 4}]
         if quant == "fp16":
             dtypes = {t.data_type for t in model.graph.initializer if t.name.endswith("proj.weight_t")}
             assert dtypes == {onnx.TensorProto.FLOAT16}
