@@ -117,7 +117,7 @@ while True:  # bounded by the parent's SIGKILL (and by this counter, should the 
 
 @case(area="faults", case="kill -9 during manifest writes",
       did="a process rewrites manifest.json in a tight loop (put, set_active, remove); SIGKILL it at 12 different moments",
-      outcome="after every kill manifest.json parses and opens without a warning (old or new, never a mix); no temp file is taken for it")
+      outcome="after every kill manifest.json parses and opens without a warning (the old or the new state, never a mix); none was ever kept aside as corrupt")
 def test_kill_during_manifest_writes(hermetic_home: Path) -> None:
     for attempt in range(12):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(hermetic_home)], stdout=subprocess.PIPE, text=True,

@@ -74,7 +74,7 @@ def test_api_key_from_the_environment_end_to_end(tiny_hub: HubServer, agents: li
 
 @case(area="security", case="DNS rebinding and other sites on /v1 and /health",
       did="Host: evil.example (and evil.example:port, 127.0.0.1.evil.example, empty-port tricks) on /v1/models, chat, /health, /openapi.json",
-      outcome="403 forbidden_host, OpenAI-shaped, nothing generated; loopback names (localhost, 127.0.0.1, [::1]) pass")
+      outcome="403 naming the Host (OpenAI-shaped forbidden_host on /v1, /health, /openapi.json; forbidden on /api), nothing generated; loopback names pass")
 def test_a_rebinding_host_never_reaches_the_api(live: AgentProcess) -> None:
     port = live.ports[0]
     chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
