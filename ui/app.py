@@ -21,9 +21,10 @@ from ipc.client import agent_json_path
 log = logging.getLogger("hflocal.tray")
 
 XORG_MESSAGE = (
-    "hflocal: only pystray's xorg backend is available here, which has no menu; the icon shows the "
-    "agent's state and a click opens the settings page. For the full menu install PyGObject with GTK 3 "
-    "(and AyatanaAppIndicator3): `pip install 'hflocal[tray]'` after the system packages listed in the README."
+    "hflocal: only pystray's xorg backend is available here, which has no menu: the icon shows the "
+    "agent's state; manage it from the settings page or the hflocal CLI. For the full menu install PyGObject "
+    "with GTK 3 (and AyatanaAppIndicator3): `pip install 'hflocal[tray]'` after the system packages listed in "
+    "the README."
 )
 
 

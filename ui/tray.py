@@ -8,6 +8,7 @@ of progress events costs at most a few redraws a second. Menu callbacks only cal
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,13 @@ log = logging.getLogger("hflocal.tray")
 ICON_SIZE = 64
 MIN_UPDATE_INTERVAL_S = 0.25
 MENU_OPEN_RETRY_S = 0.5
+XORG_EXIT_GRACE_S = 3.0
+
+
+def _exit_now() -> None:
+    log.info("tray stopped (xorg backend)")
+    logging.shutdown()
+    os._exit(0)
 
 
 def backend_name() -> str:
@@ -133,6 +141,12 @@ class PystrayView:
             if self._timer is not None:
                 self._timer.cancel()
         self.icon.stop()
+        if self.backend == "xorg":
+            # pystray's xorg loop waits for an X event that stop() from another thread never sends;
+            # everything is already shut down by now, so end the process if the loop does not.
+            timer = threading.Timer(XORG_EXIT_GRACE_S, _exit_now)
+            timer.daemon = True
+            timer.start()
 
     def follow_icon_size(self) -> bool:
         """With GTK's status icon, redraw the icon at the size the tray gives it (crisp, not scaled)."""
@@ -165,7 +179,10 @@ class PystrayView:
             snapshot, self._pending, self._timer = self._pending, None, None
             self._last_apply = time.monotonic()
         if snapshot is not None:
-            self.apply(snapshot)
+            try:
+                self.apply(snapshot)
+            except Exception:
+                log.exception("could not update the tray icon")
 
     def apply(self, snapshot: Snapshot) -> None:
         """Bring icon, tooltip and menu in line with ``snapshot``, touching only what changed
@@ -186,14 +203,26 @@ class PystrayView:
             return False
 
     def _apply_now(self, snapshot: Snapshot) -> bool:
+        try:
+            self._update(snapshot)
+        except Exception:
+            log.exception("could not update the tray icon")
+        return False
+
+    def _update(self, snapshot: Snapshot) -> None:
         state = icon_state(snapshot)
         if state != self._icon_state:
             self._icon_state = state
             self.icon.icon = render(state, self.size)
         title = title_text(snapshot)
+        if self.backend == "xorg":  # WM_NAME is Latin-1 there
+            title = title.replace("\u2026", "...").replace("\u2014", "-").encode("latin-1", "replace").decode("latin-1")
         if title != self._title:
             self._title = title
             self.icon.title = title
+            status_icon = getattr(self.icon, "_status_icon", None)  # gtk: the title is not the tooltip
+            if status_icon is not None:
+                status_icon.set_tooltip_text(title)
         entries = menu_entries(snapshot)
         if entries != self._entries:
             if self._menu_open():
@@ -202,11 +231,10 @@ class PystrayView:
                 timer = threading.Timer(MENU_OPEN_RETRY_S, self._retry)
                 timer.daemon = True
                 timer.start()
-                return False
+                return
             self._entries = entries
             self.menu_builds += 1
             self.icon.menu = to_pystray(entries, self.submit, self.default)
-        return False
 
     def _retry(self) -> None:
         latest = self._latest

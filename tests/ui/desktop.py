@@ -28,7 +28,6 @@ PANEL_HEIGHT = 32
 DUNSTRC = """\
 [global]
     font = DejaVu Sans 9
-    geometry = "360x5-10+40"
     offset = 10x40
     width = 360
     origin = top-right
@@ -38,11 +37,43 @@ DUNSTRC = """\
     script = {script}
 """
 
+BUS_CONFIG = """\
+<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <!-- A session bus without service activation: nobody else's dunst (or notification daemon) is
+       started behind our back when a client calls org.freedesktop.Notifications first. -->
+  <type>session</type>
+  <listen>unix:tmpdir={tmp}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow eavesdrop="true"/>
+    <allow own="*"/>
+  </policy>
+</busconfig>
+"""
+
 LOG_SCRIPT = """\
 #!/bin/sh
 # dunst passes: appname summary body icon urgency
 printf '%s\\t%s\\t%s\\n' "$1" "$2" "$(printf '%s' "$3" | tr '\\n\\t' '  ')" >> "{log}"
 """
+
+
+def start_session_bus(root: Path, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """A private session bus (``BUS_CONFIG``: no service activation); returns it and its address."""
+    config = root / "session-bus.conf"
+    config.write_text(BUS_CONFIG.format(tmp=root))
+    proc = subprocess.Popen(["dbus-daemon", f"--config-file={config}", "--nofork", "--nopidfile", "--print-address=1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    assert proc.stdout is not None
+    address = proc.stdout.readline().decode().strip()
+    if not address:
+        proc.kill()
+        proc.wait(10)
+        raise RuntimeError("dbus-daemon printed no address")
+    return proc, address
 
 
 def missing_tools() -> list[str]:
@@ -137,13 +168,7 @@ class Desktop:
         return self.procs["xvfb"].poll() is None and self._run(["xdpyinfo"], timeout=10).returncode == 0
 
     def _start_bus(self) -> None:
-        proc = subprocess.Popen(["dbus-daemon", "--session", "--nofork", "--nopidfile", "--print-address=1"],
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env())
-        self.procs["dbus"] = proc
-        assert proc.stdout is not None
-        self.bus_address = proc.stdout.readline().decode().strip()
-        if not self.bus_address:
-            raise RuntimeError("dbus-daemon printed no address")
+        self.procs["dbus"], self.bus_address = start_session_bus(self.root, self.env())
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
@@ -273,7 +298,8 @@ class Desktop:
                     return n
             return None
 
-        return self.wait(find, timeout, f"a {summary!r} notification at dunst (saw {self.notifications()!r})")
+        return self.wait(find, timeout, f"a {summary!r} notification at dunst (saw {self.notifications()!r}; "
+                                        f"dunst said: {(self.root / 'dunst.log').read_text(errors='replace')[-2000:]})")
 
     def reset_notifications(self) -> None:
         """Close what dunst shows and forget what it logged (each test sees only its own)."""
@@ -321,10 +347,12 @@ class TrayProcess:
 def start_tray(desktop: Desktop, home: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> TrayProcess:
     desktop.reset_notifications()
     log = home.parent / f"tray-{time.monotonic_ns()}.log"
+    # XDG_CONFIG_HOME: "Start at login" reads (and may write) the autostart entry there, never the real one
+    base = {"HFLOCAL_HOME": str(home), "PYTHONUNBUFFERED": "1", "XDG_CONFIG_HOME": str(home.parent / "xdg-config")}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "tray", *args],
-            env=desktop.env(HFLOCAL_HOME=str(home), PYTHONUNBUFFERED="1", **(env or {})),
+            env=desktop.env(**{**base, **(env or {})}),
             stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
         )
     return TrayProcess(proc=proc, log=log)

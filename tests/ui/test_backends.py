@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.ui.desktop import start_session_bus
+
 REPO = Path(__file__).resolve().parents[2]
 
 OWN_WATCHER = """
@@ -27,15 +29,12 @@ CHOOSE = "from ui.app import choose_linux_backend; print(choose_linux_backend())
 
 
 @pytest.fixture
-def session_bus() -> Iterator[str]:
-    daemon = shutil.which("dbus-daemon")
-    if daemon is None:
+def session_bus(tmp_path: Path) -> Iterator[str]:
+    if shutil.which("dbus-daemon") is None:
         pytest.skip("dbus-daemon is not installed (scripts/apt-packages.txt lists it)")
-    proc = subprocess.Popen([daemon, "--session", "--nofork", "--print-address=1", "--nopidfile"],
-                            stdout=subprocess.PIPE, text=True)
+    proc, address = start_session_bus(tmp_path)
     try:
-        assert proc.stdout is not None
-        yield proc.stdout.readline().strip()
+        yield address
     finally:
         proc.terminate()
         proc.wait(10)

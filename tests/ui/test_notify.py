@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.ui.desktop import start_session_bus
 from ui.notify import Notifier
 from ui.state import Notice
 
@@ -18,15 +18,10 @@ NOTICE = Notice("download_finished", "Download finished", "tiny-a (q4), 1.0 MB")
 @pytest.fixture
 def bus_without_notifications(tmp_path: Path) -> Iterator[str]:
     """A real session bus on which nobody owns org.freedesktop.Notifications."""
-    daemon = shutil.which("dbus-daemon")
-    if daemon is None:
+    if shutil.which("dbus-daemon") is None:
         pytest.skip("dbus-daemon is not installed (scripts/apt-packages.txt lists it)")
-    proc = subprocess.Popen([daemon, "--session", "--nofork", "--print-address=1", "--nopidfile"],
-                            stdout=subprocess.PIPE, text=True)
+    proc, address = start_session_bus(tmp_path)
     try:
-        assert proc.stdout is not None
-        address = proc.stdout.readline().strip()
-        assert address.startswith("unix:")
         yield address
     finally:
         proc.terminate()

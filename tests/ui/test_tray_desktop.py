@@ -138,9 +138,17 @@ def test_tray_switches_models_downloads_restarts_and_quits(
     first_worker = read_connection(home / "agent.json").pid
     assert tray.worker_pids() == [first_worker]
 
-    # the icon and the open menu, as a person sees them
+    # the icon, its tooltip and the open menu, as a person sees them
     x, _, w, h = desktop.geometry(icon)
     desktop.screenshot(artifacts_dir / f"tray-{backend}-icon.png", region=(x - 4, 0, w + 8, h + 2))
+    if backend == "auto":  # GTK's status icon has a tooltip; StatusNotifier hosts show the title instead
+        desktop.xdotool("mousemove", "--window", str(icon), "8", "8")
+        tip = desktop.wait(lambda: desktop.menus(icon), 30, "the tooltip")[0]
+        desktop.screenshot(artifacts_dir / "tray-auto-tooltip.png", region=menu_region(desktop, icon))
+        _, _, tw, th = desktop.geometry(tip)
+        assert tw > 100 and th > 20  # several lines: model and address
+        desktop.xdotool("mousemove", "0", "700")
+        desktop.wait(lambda: not desktop.menus(icon), 30, "the tooltip to go")
     desktop.open_menu(icon)
     desktop.screenshot(artifacts_dir / f"tray-{backend}-menu.png", region=menu_region(desktop, icon))
 
