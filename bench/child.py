@@ -33,12 +33,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.workload import NEW_TOKENS, RESET_USER, messages  # noqa: E402
 
-SHORT_RUNS = 3
+SHORT_RUNS = 2
 LONG_RUNS = 2
+PROBE_RUNS = 2
 EOS_ID = 2  # <|im_end|>
 
 
-def peak_rss_mb() -> float:
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """VmHWM, the peak resident set of this process image (``ru_maxrss`` would carry the parent's
+    peak across ``execve``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -126,13 +132,17 @@ class HttpEngine:
         self.load_s = float(line.split()[1])
         self.start_to_ready_s = time.perf_counter() - started
         self.models_latency_ms: list[float] = []
+        self.probe = False
+        """Poll ``/v1/models`` during generations (only in the probe run, so that the polling's
+        own load does not slow the timed runs)."""
         self._polling = threading.Event()
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_models, daemon=True)
         self._poller.start()
 
     def _poll_models(self) -> None:
-        """GET /v1/models every 10 ms while a generation streams (the event loop must stay free)."""
+        """GET /v1/models every 20 ms while the probe generation streams (the event loop must stay
+        free while a generation runs)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
         while not self._stop.is_set():
             if not self._polling.wait(0.05):
@@ -142,14 +152,15 @@ class HttpEngine:
             conn.getresponse().read()
             if self._polling.is_set():
                 self.models_latency_ms.append(1000 * (time.perf_counter() - started))
-            time.sleep(0.01)
+            time.sleep(0.02)
         conn.close()
 
     def tokens(self, ids: list[int], user: str, max_tokens: int) -> Iterator[int]:
         body = json.dumps({"messages": messages(user), "max_tokens": max_tokens, "temperature": 0,
                            "stream": True, "stream_options": {"include_usage": True}})
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
-        self._polling.set()
+        if self.probe:
+            self._polling.set()
         try:
             conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
             response = conn.getresponse()
@@ -172,10 +183,7 @@ class HttpEngine:
 
     def rss_mb(self) -> float:
         """The server's peak RSS (VmHWM), read before it is stopped."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return peak_rss_mb(self.proc.pid)
 
     def close(self) -> None:
         self._stop.set()
@@ -222,6 +230,9 @@ def measure(engine_kind: str, target: str, prompts: dict[str, Any], threads: int
             "peak_rss_mb": engine.rss_mb(),
         }
         if isinstance(engine, HttpEngine):
+            engine.probe = True
+            for _ in range(PROBE_RUNS):
+                timed(engine, prompts["short"], prompts["short_user"], NEW_TOKENS)
             lat = sorted(engine.models_latency_ms)
             result["start_to_ready_s"] = engine.start_to_ready_s
             result["models_p99_ms"] = float(np.percentile(lat, 99)) if lat else None
