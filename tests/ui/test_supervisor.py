@@ -155,3 +155,26 @@ def test_follows_a_headless_agent_that_stops_and_comes_back(hermetic_home: Path,
         assert seen.of(WorkerStarting) == []  # it never started a worker of its own meanwhile
     finally:
         sup.stop()
+
+
+def test_restart_runtime_while_attached_replaces_the_headless_agent_with_its_own(
+    hermetic_home: Path, agents: list[AgentProcess]
+) -> None:
+    """"Restart runtime" is the one time the tray stops an agent it did not start: politely."""
+    agent = start_agent(hermetic_home)
+    agents.append(agent)
+    http, _, _ = configure_ports(hermetic_home)  # for the worker the tray starts afterwards
+    seen = Recorder()
+    sup = Supervisor(hermetic_home, seen, policy=POLICY, timeouts=FAST)
+    sup.start()
+    try:
+        assert seen.wait_for(WorkerUp, 30).attached
+        mark = len(seen.items)
+        sup.restart()
+        assert agent.proc.wait(30) == 0  # it accepted the shutdown request
+        own = seen.wait_for(WorkerUp, 60, after=mark)
+        assert not own.attached and own.info.pid == sup.child_pid != agent.proc.pid
+        assert health(http)["status"] == "ok"
+    finally:
+        sup.stop()
+    assert sup.child_pid is None
