@@ -21,6 +21,8 @@ from ui.state import Notice
 log = logging.getLogger("hflocal.tray.notify")
 
 SEND_TIMEOUT_S = 5.0
+MAX_BODY_CHARS = 240
+"""Notification servers show a few lines; the rest of a long error is in the logs."""
 APP_NAME = "hflocal"
 
 Fallback = Callable[[str, str], None]
@@ -39,6 +41,8 @@ class Notifier:
         """``(channel, notice)`` for every notice delivered: ``dbus``, ``fallback`` or ``log``."""
 
     def notify(self, notice: Notice) -> None:
+        if len(notice.body) > MAX_BODY_CHARS:
+            notice = Notice(notice.kind, notice.title, notice.body[: MAX_BODY_CHARS - 1] + "\u2026")
         if not self._started:
             self._started = True
             self._thread.start()

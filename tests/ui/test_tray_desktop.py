@@ -336,3 +336,28 @@ def test_worker_exits_by_itself_when_the_tray_is_killed(
     tray.proc.wait(10)
     desktop.wait(lambda: not pid_alive(worker), 60, "the orphaned worker to stop")
     assert all(port_free(p) for p in (http, req, pub))
+
+
+def test_a_failed_switch_is_notified_and_the_model_stays(
+    desktop: Desktop, hermetic_home: Path, trays: list[TrayProcess], hub: HubServer, hub_repos: HubRepos,
+    hf_env: Path, tmp_path: Path, artifacts_dir: Path,
+) -> None:
+    publish_tiny(hub_repos, "onnx-community/tiny-a", tmp_path / "a", reply="A.")
+    publish_tiny(hub_repos, "onnx-community/tiny-broken", tmp_path / "broken", reply="B.",
+                 extra={"onnx/model_q4.onnx": b"this is not an onnx graph"})
+    keys = install_models(hermetic_home, ("onnx-community/tiny-a", "onnx-community/tiny-broken"))
+    http, _, _ = configure_ports(hermetic_home)
+    tray = start_tray(desktop, hermetic_home)
+    trays.append(tray)
+    icon = wait_ready(desktop, tray, http)
+
+    desktop.open_menu(icon)
+    desktop.key("Down", "Right")
+    desktop.wait(lambda: len(desktop.menus(icon)) >= 2, 10, "the Model submenu")
+    desktop.key("Down", "Return")  # tiny-broken
+    notice = desktop.wait_notification("Model switch failed", 60, contains="tiny-broken")
+    assert "tiny-broken (q4)" in notice.body
+    desktop.screenshot(artifacts_dir / "tray-switch-failed.png", region=(1024 - 420, 0, 420, 200))
+    assert health(http)["model"] is None  # nothing replaced the (absent) active model
+    desktop.wait(lambda: icon_shows(desktop, icon, "ready"), 30, "the badge back to ready")
+    assert keys[1].startswith("huggingface-local/onnx-community/tiny-broken")
