@@ -1,0 +1,1 @@
+"""Start at login on each OS (``autostart``) and the command lines it writes (``commands``)."""
