@@ -161,6 +161,13 @@ def test_tray_switches_models_downloads_restarts_and_quits(
                          60, f"/health to report {keys[1]}")
     assert ready["loaded"] == [keys[1]]
     desktop.close_menus(icon)
+    if backend == "auto":  # the menu after the switch: tiny-b checked, named in the status line
+        desktop.wait(lambda: icon_shows(desktop, icon, "ready"), 30, "the green badge after the switch")
+        desktop.open_menu(icon)
+        desktop.key("Down", "Right")
+        desktop.wait(lambda: len(desktop.menus(icon)) >= 2, 10, "the Model submenu")
+        desktop.screenshot(artifacts_dir / "tray-auto-menu-switched.png", region=menu_region(desktop, icon))
+        desktop.close_menus(icon)
 
     # a download started over ZeroMQ ends in a "Download finished" notification at dunst
     with Client(home, timeout=30) as client:
