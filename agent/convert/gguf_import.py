@@ -38,7 +38,9 @@ from agent.convert.weight_forms import QUANT_FILES, Quant
 SUPPORTED_ARCHITECTURES = ("llama",)
 FUSED_BY_DEFAULT = True
 """Imports write the fused graph layout (GroupQueryAttention, skip-norms, logits_to_keep): same tokens
-as the unfused layout, ~1.5-2x faster decode and prefill (bench/run.py). The engine runs both."""
+as the unfused layout, ~1.5-2x faster decode and prefill (bench/run.py). The engine runs both.
+Weights go to ``<file>_data`` beside the graph: onnxruntime then maps them instead of parsing them
+into memory, which lowers peak RSS by ~25 MB on SmolLM2-135M q4 (355 vs 380 MB in bench/run.py)."""
 Progress = Callable[[str, int, int], None]
 _PASSTHROUGH: dict[str, frozenset[QT]] = {
     "fp32": frozenset(),
@@ -272,6 +274,7 @@ def import_gguf(
             accuracy_level=accuracy_level,
             head_bits=head_bits,
             fused=FUSED_BY_DEFAULT if fused is None else fused,
+            external_data=True,
             progress=_relay(report, stage, total),
         )
         files[quant] = path

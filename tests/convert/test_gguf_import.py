@@ -123,7 +123,9 @@ def test_tokenizer_and_repo_files(tmp_path: Path, tiny: TinyModel) -> None:
     assert config["tie_word_embeddings"] is True and config["num_key_value_heads"] == 2
     assert json.loads((repo / "generation_config.json").read_text())["eos_token_id"] == 2
     assert json.loads((repo / "special_tokens_map.json").read_text())["eos_token"]["content"] == "<|im_end|>"
-    assert result.eos_token_ids == [2] and result.sizes["q4"] == result.files["q4"].stat().st_size
+    graph = result.files["q4"]
+    data = graph.with_name(graph.name + "_data")  # weights beside the graph, mapped by onnxruntime
+    assert result.eos_token_ids == [2] and result.sizes["q4"] == graph.stat().st_size + data.stat().st_size
     stages = [e[0] for e in events]
     assert stages[:2] == ["inspect", "tokenizer"] and set(stages[2:]) == {"convert q4"}
     done = [e[1] for e in events[2:]]
