@@ -35,27 +35,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from agent.convert.weight_forms import QUANT_FILES
+from agent.hub import FALLBACK_TOKENIZER_FILES, SUPPORT_FILES
+
 Progress = Callable[[str, int, int], None]
 
-QUANT_FILES = {
-    "fp32": "model.onnx",
-    "fp16": "model_fp16.onnx",
-    "q8": "model_quantized.onnx",
-    "q4": "model_q4.onnx",
-}
-COPIED_FILES = (
-    "config.json",
-    "generation_config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "chat_template.json",
-    "chat_template.jinja",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-)
+COPIED_FILES = (*SUPPORT_FILES, *FALLBACK_TOKENIZER_FILES, "tokenizer.model")
 """Files the engine (or Transformers.js) reads beside the graph, copied from the source when the
 export did not write them."""
 EXTERNAL_DATA_ABOVE = 1_800_000_000

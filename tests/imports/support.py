@@ -4,9 +4,7 @@ and small HTTP helpers for the running agent."""
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +19,7 @@ from tests.fakes.tiny_model import (
     tiny_shape,
     train_tokenizer,
 )
+from tests.support.worker import wait_until as wait_until  # re-exported for the tests here
 
 T = TypeVar("T")
 
@@ -39,16 +38,6 @@ def write_scripted_gguf(path: Path, reply: str, *, matrix_type: QT = QT.Q8_0, se
     return path
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
-    """Poll until ``predicate`` returns something truthy; the timeout only guards against a hang."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 def http_json(url: str, payload: dict[str, Any] | None = None, timeout: float = 60.0) -> tuple[int, Any]:

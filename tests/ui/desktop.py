@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 from PIL import Image
+from tests.support.worker import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 TOOLS = ("Xvfb", "dbus-daemon", "trayer", "dunst", "dunstctl", "xdotool", "import", "xwininfo", "xdpyinfo", "xclip")
@@ -202,14 +203,7 @@ class Desktop:
 
     @staticmethod
     def wait(predicate, timeout: float, what: str, interval: float = 0.1):  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-            time.sleep(interval)
+        return wait_until(predicate, timeout, what, interval)
 
     # ------------------------------------------------------------------ windows
 

@@ -15,6 +15,7 @@ import httpx
 from tests.fakes.tiny_model import TinyModel, build_tiny_repo
 from tests.hubserver import HubRepos
 from tests.support.agentproc import free_port
+from tests.support.worker import wait_until as wait_until  # re-exported for the tests here
 
 
 def configure_ports(home: Path, extra: str = "") -> tuple[int, int, int]:
@@ -60,16 +61,6 @@ def health(http_port: int, timeout: float = 5.0) -> dict[str, Any]:
     return body
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
 
 
 class Recorder:
