@@ -92,11 +92,23 @@ class OnnxChatModel:
         text = self.render_chat(
             messages, tools=tools, add_generation_prompt=add_generation_prompt, template_kwargs=template_kwargs
         )
+        self._refuse_hopeless(text)
         return self.tokenizer.encode_rendered(text)
 
     def encode_text(self, text: str) -> list[int]:
         """Tokenize a raw prompt (BOS added only if the tokenizer files say so)."""
+        self._refuse_hopeless(text)
         return self.tokenizer.encode_prompt(text)
+
+    def _refuse_hopeless(self, text: str) -> None:
+        """Refuse at once a text that cannot fit, whatever it tokenizes to: a 10 MB prompt would
+        otherwise hold the model's turn for the many seconds tokenizing it takes."""
+        at_least = len(text) // self.tokenizer.max_token_chars
+        if at_least + 1 > self.info.context_length:
+            raise ContextLengthExceeded(
+                f"the prompt is at least {at_least} tokens long, more than this model's context length "
+                f"of {self.info.context_length} tokens"
+            )
 
     def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)

@@ -16,6 +16,8 @@ What a caller may rely on:
 
 from __future__ import annotations
 
+import functools
+
 import json
 import re
 from pathlib import Path
@@ -133,6 +135,13 @@ class ModelTokenizer:
         self._bytes_cache: dict[int, bytes] = {}
 
     # -- encoding -----------------------------------------------------------------------------
+
+    @functools.cached_property
+    def max_token_chars(self) -> int:
+        """The most characters one token can stand for (an upper bound): ``len(text) /
+        max_token_chars`` is a lower bound on the token count, known without tokenizing."""
+        longest = max((len(t) for t in self._tok.get_vocab(with_added_tokens=True)), default=1)
+        return longest + 1  # + a pre-tokenizer's added space or prefix marker
 
     def token_to_id(self, token: str | None) -> int | None:
         return None if token is None else self._tok.token_to_id(token)

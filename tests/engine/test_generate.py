@@ -284,3 +284,15 @@ def test_a_following_prompt_reuses_the_cached_prefix(tiny: TinyModel) -> None:
     # Nothing in common.
     run(model, tiny.encode("Once upon a time"), max_tokens=2)
     assert model.last_stats.reused_tokens == 0
+
+
+def test_a_prompt_too_long_to_ever_fit_is_refused_before_tokenizing(tiny_model: OnnxChatModel) -> None:
+    context = tiny_model.info.context_length
+    hopeless = "a" * (tiny_model.tokenizer.max_token_chars * (context + 1))
+    with pytest.raises(ContextLengthExceeded, match="at least"):
+        tiny_model.encode_text(hopeless)
+    with pytest.raises(ContextLengthExceeded, match="at least"):
+        tiny_model.encode_chat([{"role": "user", "content": hopeless}])
+    # the bound is a lower bound on the token count: text that could still fit is tokenized
+    fits = "a" * (context // 2)
+    assert 0 < len(tiny_model.encode_text(fits)) <= len(fits) + 1

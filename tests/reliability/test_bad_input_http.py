@@ -101,7 +101,7 @@ def test_absurd_values_get_clear_errors_and_memory_returns(live: AgentProcess) -
     samples: list[int] = []
     with httpx.Client(base_url=live.http_url, timeout=300) as http:
         huge = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "a " * (5 * 2**20)}]})
-        check_answer(huge)  # 10 MB: tokenized off the event loop (about 20 s of CPU), then refused
+        check_answer(huge)  # 10 MB: refused before tokenizing (it cannot fit, whatever its tokens)
         assert huge.status_code == 400 and "context length" in huge.json()["error"]["message"]
         first = _absurd_round(http)  # warm-up: tokenizer caches, allocator pools
         samples.append(rss(live.proc.pid))
