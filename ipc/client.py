@@ -49,11 +49,47 @@ def agent_json_path(home: Path | str | None) -> Path:
 
 
 class _Base:
-    def __init__(self, home: Path | str | None, connection: ConnectionInfo | None, timeout: float) -> None:
+    def __init__(
+        self, home: Path | str | None, connection: ConnectionInfo | None, timeout: float, ctx: Any
+    ) -> None:
         self._path = agent_json_path(home)
         self.connection = connection or read_connection(self._path)
         self.timeout = timeout
         self._ids = itertools.count(1)
+        self._ctx = ctx
+        self._socket: Any = None
+
+    def _sock(self) -> Any:
+        """The DEALER socket, connected to the current endpoint (a fresh one after ``_reset``)."""
+        if self._socket is None:
+            s = self._ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.connect(self.connection.request_endpoint)
+            self._socket = s
+        return self._socket
+
+    def _reset(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+    def _timed_out(self, limit: float) -> CallTimeout:
+        """Drop the socket (a late reply must not answer a later call) and look for a new worker."""
+        self._reset()
+        self._refresh()
+        return CallTimeout(f"no reply from the agent at {self.connection.request_endpoint} within {limit:g}s")
+
+    @staticmethod
+    def _match(frames: list[bytes], call_id: int) -> Ok | Error | None:
+        """The reply in ``frames`` if it answers ``call_id``; ``None`` for a stale or unreadable one."""
+        try:
+            reply = reply_decoder.decode(frames[-1])
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            return None
+        return cast("Ok | Error", reply) if reply.id == call_id else None
+
+    def close(self) -> None:
+        self._reset()
 
     def _refresh(self) -> bool:
         """Re-read ``agent.json``; True if it names a different worker than before."""
@@ -92,22 +128,7 @@ class Client(_Base):
         timeout: float = DEFAULT_TIMEOUT,
         ctx: zmq.Context[Any] | None = None,
     ) -> None:
-        super().__init__(home, connection, timeout)
-        self._ctx = ctx or zmq.Context.instance()
-        self._socket: zmq.Socket[Any] | None = None
-
-    def _sock(self) -> zmq.Socket[Any]:
-        if self._socket is None:
-            s = self._ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.connect(self.connection.request_endpoint)
-            self._socket = s
-        return self._socket
-
-    def _reset(self) -> None:
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+        super().__init__(home, connection, timeout, ctx or zmq.Context.instance())
 
     def call(self, request: Request, timeout: float | None = None) -> Any:
         reply = self._roundtrip(request, timeout)
@@ -122,26 +143,15 @@ class Client(_Base):
         call_id, payload = self._frame(request)
         sock = self._sock()
         sock.send_multipart([b"", payload])
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not sock.poll(int(remaining * 1000)):
-                self._reset()
-                self._refresh()
-                raise CallTimeout(
-                    f"no reply from the agent at {self.connection.request_endpoint} within "
-                    f"{self.timeout if timeout is None else timeout:g}s"
-                )
-            frames = sock.recv_multipart()
-            try:
-                reply = reply_decoder.decode(frames[-1])
-            except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-                continue
-            if reply.id == call_id:
-                return cast("Ok | Error", reply)
-
-    def close(self) -> None:
-        self._reset()
+                raise self._timed_out(limit)
+            reply = self._match(sock.recv_multipart(), call_id)
+            if reply is not None:
+                return reply
 
     def __enter__(self) -> Client:
         return self
@@ -161,22 +171,7 @@ class AsyncClient(_Base):
         timeout: float = DEFAULT_TIMEOUT,
         ctx: zmq.asyncio.Context | None = None,
     ) -> None:
-        super().__init__(home, connection, timeout)
-        self._ctx = ctx or zmq.asyncio.Context.instance()
-        self._socket: zmq.asyncio.Socket | None = None
-
-    def _sock(self) -> zmq.asyncio.Socket:
-        if self._socket is None:
-            s = self._ctx.socket(zmq.DEALER)
-            s.setsockopt(zmq.LINGER, 0)
-            s.connect(self.connection.request_endpoint)
-            self._socket = s
-        return self._socket
-
-    def _reset(self) -> None:
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+        super().__init__(home, connection, timeout, ctx or zmq.asyncio.Context.instance())
 
     async def call(self, request: Request, timeout: float | None = None) -> Any:
         reply = await self._roundtrip(request, timeout)
@@ -195,19 +190,8 @@ class AsyncClient(_Base):
         try:
             async with asyncio.timeout(limit):
                 while True:
-                    frames = await sock.recv_multipart()
-                    try:
-                        reply = reply_decoder.decode(frames[-1])
-                    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
-                        continue
-                    if reply.id == call_id:
-                        return cast("Ok | Error", reply)
+                    reply = self._match(await sock.recv_multipart(), call_id)
+                    if reply is not None:
+                        return reply
         except TimeoutError:
-            self._reset()
-            self._refresh()
-            raise CallTimeout(
-                f"no reply from the agent at {self.connection.request_endpoint} within {limit:g}s"
-            ) from None
-
-    def close(self) -> None:
-        self._reset()
+            raise self._timed_out(limit) from None
