@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -109,24 +109,29 @@ def tray(args: argparse.Namespace) -> int:
     return result
 
 
-def search(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        result = call(client, Search(query=args.query, limit=args.limit), timeout=max(args.timeout, 60))
+def show(args: argparse.Namespace, result: Any, printer: Callable[[Any], None]) -> int:
+    """Print a result as JSON (``--json``) or for a person; the command succeeded."""
     if args.json:
         emit_json(result)
     else:
-        output.print_search(result)
+        printer(result)
     return 0
+
+
+def ask(args: argparse.Namespace, request: Request, printer: Callable[[Any], None], timeout: float | None = None) -> int:
+    """The plain commands: one request to the agent, its result shown."""
+    with connect(args) as client:
+        result = call(client, request, timeout=timeout)
+    return show(args, result, printer)
+
+
+def search(args: argparse.Namespace) -> int:
+    return ask(args, Search(query=args.query, limit=args.limit), output.print_search, max(args.timeout, 60))
 
 
 def files(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        result = call(client, ModelFiles(model_id=args.model_id, revision=args.revision), timeout=max(args.timeout, 60))
-    if args.json:
-        emit_json(result)
-    else:
-        output.print_files(result)
-    return 0
+    request = ModelFiles(model_id=args.model_id, revision=args.revision)
+    return ask(args, request, output.print_files, max(args.timeout, 60))
 
 
 def pull(args: argparse.Namespace) -> int:
@@ -138,13 +143,7 @@ def pull(args: argparse.Namespace) -> int:
 
 
 def ls(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        result: InstalledResult = call(client, ListInstalled())
-    if args.json:
-        emit_json(result)
-    else:
-        output.print_installed(result)
-    return 0
+    return ask(args, ListInstalled(), output.print_installed)
 
 
 def _resolve_key(client: Client, name: str) -> str:
@@ -167,11 +166,7 @@ def rm(args: argparse.Namespace) -> int:
     with connect(args) as client:
         key = _resolve_key(client, args.key)
         result = call(client, Delete(key=key), timeout=max(args.timeout, 60))
-    if args.json:
-        emit_json(result)
-    else:
-        print(f"deleted {result.key} ({output.human_bytes(result.freed_bytes)} freed)")
-    return 0
+    return show(args, result, lambda r: print(f"deleted {r.key} ({output.human_bytes(r.freed_bytes)} freed)"))
 
 
 def use(args: argparse.Namespace) -> int:
@@ -183,13 +178,7 @@ def use(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        result = call(client, Status())
-    if args.json:
-        emit_json(result)
-    else:
-        output.print_status(result)
-    return 0
+    return ask(args, Status(), output.print_status)
 
 
 def settings_url(http_url: str, token: str) -> str:
@@ -219,13 +208,7 @@ def open_page(args: argparse.Namespace) -> int:
 
 
 def hw(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        result = call(client, Hardware(), timeout=max(args.timeout, 30))
-    if args.json:
-        emit_json(result)
-    else:
-        output.print_hardware(result)
-    return 0
+    return ask(args, Hardware(), output.print_hardware, max(args.timeout, 30))
 
 
 def import_model(args: argparse.Namespace) -> int:
@@ -266,13 +249,7 @@ def autostart(args: argparse.Namespace) -> int:
 
 
 def stop(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        result = call(client, Shutdown())
-    if args.json:
-        emit_json(result)
-    else:
-        print(f"agent (pid {result.pid}) is shutting down")
-    return 0
+    return ask(args, Shutdown(), lambda r: print(f"agent (pid {r.pid}) is shutting down"))
 
 
 def cancel(client: Client, job_id: str) -> None:
