@@ -305,7 +305,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._headers_sent = True
         self.send_response(status)
         for name, value in headers.items():
-            self.send_header(name, value)
+            self.send_header(name, _header_value(value))
         self.end_headers()
 
     def _send_json(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
@@ -321,6 +321,15 @@ class _RangeError(HubError):
     def __init__(self, headers: dict[str, str]) -> None:
         super().__init__(416, None, "Requested Range Not Satisfiable")
         self.headers = headers
+
+
+def _header_value(value: str) -> str:
+    """``value`` as one printable ASCII header line: an error message can quote a revision or path
+    the client sent (any Unicode, CR/LF included once unquoted), which ``send_header`` would either
+    fail to encode (latin-1) or split into an injected header."""
+    if value.isascii() and value.isprintable():
+        return value
+    return value.encode("unicode_escape").decode("ascii")
 
 
 def _error_headers(err: HubError) -> dict[str, str]:

@@ -228,6 +228,17 @@ def test_not_found_errors_map_to_client_exceptions(hub: HubServer, hf_env: Path)
         api.model_info("org/tiny")
 
 
+def test_any_revision_text_gets_a_not_found_answer(hub: HubServer, hf_env: Path) -> None:
+    """The error message quotes the revision: non-Latin-1 text or CR/LF in it must still make one
+    well-formed header (it once broke the answer: the client saw a dropped connection)."""
+    add_tiny_model(hub.repos)
+    api = HfApi(endpoint=hub.url)
+    for revision in ("\u1072\xb6\xda/B", "v1\r\nX-Injected: 1", "\U0005778a"):
+        with pytest.raises(RevisionNotFoundError) as err:
+            api.model_info("org/tiny", revision=revision)
+        assert err.value.response is not None and "X-Injected" not in err.value.response.headers
+
+
 def test_gated_repo_needs_a_token(hub: HubServer, hf_env: Path) -> None:
     add_tiny_model(hub.repos, "org/gated", gated=True)
     api = HfApi(endpoint=hub.url)
