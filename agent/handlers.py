@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from agent import __version__, hub
 from agent.errors import AgentError, BadRequestError, NetworkError
 from agent.hardware import hardware_info
-from agent.variants import InvalidNameError, VariantKey, normalize_device, normalize_quantization, validate_model_id
+from agent.variants import (
+    InvalidNameError,
+    VariantKey,
+    normalize_device,
+    normalize_quantization,
+    validate_model_id,
+    validate_revision,
+)
 from ipc.messages import (
     Activate,
     AnyRequest,
@@ -152,8 +159,9 @@ async def search(rt: Runtime, req: Search) -> SearchResult:
 async def model_files(rt: Runtime, req: ModelFiles) -> ModelFilesResult:
     """The quantizations a repo offers, each with its files and download size."""
     model_id = validate_model_id(req.model_id)
+    revision = validate_revision(req.revision)
     installed = [e.quantization for e in rt.store.list() if e.model_id == model_id and e.status == "ready"]
-    return await ask_hub(hub.model_files, model_id, req.revision, installed)
+    return await ask_hub(hub.model_files, model_id, revision, installed)
 
 
 async def list_installed(rt: Runtime, req: ListInstalled) -> InstalledResult:
@@ -168,7 +176,8 @@ async def download(rt: Runtime, req: Download) -> JobAccepted:
     model_id = validate_model_id(req.model_id)
     quant = normalize_quantization(req.quantization or models.default_quantization)
     device = normalize_device(req.device or models.default_device)
-    job, existing = await off_loop(rt.downloads.start, model_id, quant, device, req.revision)
+    revision = validate_revision(req.revision)
+    job, existing = await off_loop(rt.downloads.start, model_id, quant, device, revision)
     return JobAccepted(job_id=job.job_id, key=job.key, existing=existing)
 
 

@@ -1,4 +1,4 @@
-"""Variant keys and the validation of everything a user may name: model ids, quantizations, devices.
+"""Variant keys and the validation of everything a user may name: model ids, revisions, quantizations, devices.
 
 A variant is one downloadable/runnable form of a model: ``huggingface-local/<modelId>::<quant>::<device>``.
 Model ids are validated strictly (``org/name`` of safe characters) because they become paths in the
@@ -17,6 +17,8 @@ DEVICE_ALIASES = {"webgpu": "gpu", "wasm": "cpu"}
 
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_-])?"
 _MODEL_ID = re.compile(rf"^{_PART}/{_PART}$")
+MODEL_ID_PATTERN = _MODEL_ID.pattern
+"""What ``validate_model_id`` accepts (besides refusing ``..``), as a regular expression for documents."""
 
 
 class InvalidNameError(ValueError):
@@ -33,6 +35,24 @@ def validate_model_id(model_id: str) -> str:
             f"invalid model id {model_id!r}: expected 'org/name' using letters, digits, '.', '_' and '-'"
         )
     return model_id
+
+
+_REVISION_BAD = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^/|/$|\.$|(?:^|/)\.|\.lock(?:/|$)")
+
+
+def validate_revision(revision: str) -> str:
+    """Return ``revision`` if git could name a branch, tag or commit with it (``main``, ``v1.0``,
+    ``refs/pr/3``, a sha); else raise.
+
+    The rules of ``git check-ref-format``, at most 255 characters: a revision that breaks them
+    names nothing on the Hub, and some (``""``, ``.``, ``..``) would even change the URL asked for,
+    so the Hub would answer an unrelated 404 instead of "no such revision".
+    """
+    if not isinstance(revision, str) or not revision or len(revision) > 255 or revision == "@" \
+            or _REVISION_BAD.search(revision):
+        raise InvalidNameError(f"invalid revision {revision!r}: expected a branch, tag or commit of the repo "
+                               "(for example 'main')")
+    return revision
 
 
 def normalize_quantization(quant: str) -> str:
