@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from agent.http import schemas
+from agent.variants import DEVICE_ALIASES, DEVICES, MODEL_ID_PATTERN, QUANTIZATIONS
 from ipc import messages as m
 
 REF = "#/components/schemas/{name}"
@@ -30,6 +31,15 @@ _OPENAI_NAMES = {"ChatCompletionRequest": "CreateChatCompletionRequest", "Comple
 
 _PROTOCOL_FIELDS = ("type", "id", "token", "protocol")
 """Fields of a ZeroMQ request that an HTTP body does not carry (the route fills them in)."""
+
+MODEL_ID = {"type": "string", "pattern": MODEL_ID_PATTERN, "maxLength": 193,
+            "description": "A Hub repo, 'org/name' ('..' is refused)",
+            "examples": ["onnx-community/Qwen2.5-0.5B-Instruct"]}
+REVISION = {"type": "string", "minLength": 1, "maxLength": 255, "default": "main",
+            "description": "A branch, tag or commit of the repo (git's ref-name rules)"}
+LIMIT = {"type": "integer", "minimum": 1, "maximum": 200, "default": 20}
+"""What the Hub operations accept (``agent.variants``, ``agent.handlers``), so that generated clients
+and fuzzers send ids the Hub can be asked about."""
 
 
 def _json(ref: str, description: str = "OK") -> dict[str, Any]:
@@ -78,6 +88,13 @@ def _components() -> dict[str, Any]:
         text = text.replace(f'"{ours}"', f'"{theirs}"').replace(f"/{ours}\"", f"/{theirs}\"")
     comps: dict[str, Any] = msgspec.json.decode(text)
     comps["Download"] = _strip_protocol(comps["Download"])
+    comps["Download"]["properties"].update({
+        "model_id": MODEL_ID, "revision": REVISION,
+        "quantization": {"anyOf": [{"enum": list(QUANTIZATIONS)}, {"type": "null"}], "default": None,
+                         "description": "null: the settings' default"},
+        "device": {"anyOf": [{"enum": [*DEVICES, *DEVICE_ALIASES]}, {"type": "null"}], "default": None,
+                   "description": "null: the settings' default"},
+    })
     comps["Activate"] = _strip_protocol(comps["Activate"])
     nullable_str = {"anyOf": [{"type": "string"}, {"type": "null"}]}
     comps.update({
@@ -158,11 +175,11 @@ def openapi_document(version: str) -> dict[str, Any]:
                                        "CreateCompletionRequest", "CreateCompletionResponse"),
         "/api/status": {"get": _api_get("status", "What the agent is doing.", "StatusResult")},
         "/api/search": {"get": _api_get("search", "ONNX text-generation models on the Hub.", "SearchResult", [
-            _param("q", "query", {"type": "string"}), _param("limit", "query", {"type": "integer"})])},
+            _param("q", "query", {"type": "string"}), _param("limit", "query", LIMIT)])},
         "/api/models/{model_id}/files": {"get": _api_get("modelFiles", "Quantizations a repo offers and their sizes.",
                                                          "ModelFilesResult", [
-                                                             _param("model_id", "path", {"type": "string"}),
-                                                             _param("revision", "query", {"type": "string"})])},
+                                                             _param("model_id", "path", MODEL_ID),
+                                                             _param("revision", "query", REVISION)])},
         "/api/installed": {"get": _api_get("listInstalled", "Every variant in the store.", "InstalledResult")},
         "/api/installed/{key}": {"delete": {**_api_get("deleteVariant", "Remove a variant (shared files are kept).",
                                                        "Deleted", [_param("key", "path", {"type": "string"})])}},
