@@ -171,7 +171,8 @@ async def _events(
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
     """The SSE body. One piece is held back so that the last content chunk carries ``finish_reason``;
-    an engine error after the headers went out becomes an ``{"error": ...}`` event."""
+    an engine error after the headers went out becomes an ``{"error": ...}`` event. The events of
+    the steps that were ready together are written as one chunk (one send, not one per token)."""
 
     def chunk(payload: dict[str, Any]) -> bytes:
         if include_usage:
@@ -183,13 +184,17 @@ async def _events(
             yield chunk(opening)
         held: Piece | None = None
         try:
-            async for step in lease.stream(prompt_ids, params):
-                piece = assembler.feed(step)
-                if piece is None:
-                    continue
-                if held is not None:
-                    yield chunk(fmt.piece(held))
-                held = piece
+            async for steps in lease.batches(prompt_ids, params):
+                ready: list[bytes] = []
+                for step in steps:
+                    piece = assembler.feed(step)
+                    if piece is None:
+                        continue
+                    if held is not None:
+                        ready.append(chunk(fmt.piece(held)))
+                    held = piece
+                if ready:
+                    yield b"".join(ready)
             last, calls = assembler.finish()
         except Exception as exc:
             yield sse.event(from_exception(exc).payload())

@@ -234,14 +234,16 @@ async def close(conn: StreamConnection) -> None:
 
 
 async def next_event(conn: StreamConnection) -> Any:
-    """One SSE event per body chunk: the JSON payload, or the string ``[DONE]``."""
-    while True:
-        data = await asyncio.wait_for(conn.receive(), 10)
-        if data:
-            break
-    text = data.decode()
-    assert text.startswith("data: ") and text.endswith("\n\n"), text
-    body = text[len("data: "):-2]
+    """The next SSE event: its JSON payload, or the string ``[DONE]``. The body is read as the byte
+    stream it is: one chunk may carry several events (the server writes the events of the steps
+    that were ready together at once), and what is left waits on ``conn`` for the next call."""
+    buffer: bytes = getattr(conn, "sse_pending", b"")
+    while b"\n\n" not in buffer:
+        buffer += await asyncio.wait_for(conn.receive(), 10)
+    event, _, conn.sse_pending = buffer.partition(b"\n\n")  # type: ignore[attr-defined]
+    text = event.decode()
+    assert text.startswith("data: ") and "\n" not in text, text
+    body = text[len("data: "):]
     return body if body == "[DONE]" else json.loads(body)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 
 import pytest
 
-from agent.engine.types import SamplingParams
+from agent.engine.types import EngineError, SamplingParams
 from agent.pool import (
     LoadTimeoutError,
     ModelLoadFailedError,
@@ -178,6 +179,41 @@ async def test_cancelling_a_stream_stops_the_thread_and_frees_the_turn(worlds: W
         ids = await lease.encode_text("Hello")
         steps = [s async for s in lease.stream(ids, SamplingParams(max_tokens=5))]
     assert sum(len(s.tokens) for s in steps) == 5 and steps[-1].finish_reason == "length"
+
+
+async def test_steps_come_in_order_in_batches_on_a_kept_thread(worlds: Worlds) -> None:
+    """A consumer that was busy gets every step made meanwhile in one batch (one wake-up of the
+    loop, one SSE write), in order; and generations run on the waiting runner thread instead of
+    starting a thread each (starting one blocked the event loop)."""
+    world = worlds(active="rand")
+    params = SamplingParams(max_tokens=12, seed=7, temperature=1.0)
+    async with world.pool.generation(None) as lease:
+        ids = await lease.encode_text("Hello")
+        one_by_one = [s async for s in lease.stream(ids, params)]
+    assert len(one_by_one) > 2
+    runners = {t for t in threading.enumerate() if t.name.startswith("generate")}
+    for n in range(2, 5):
+        async with world.pool.generation(None) as lease:
+            batches = lease.batches(ids, params)
+            first = await anext(batches)
+            await until(lambda: len(world.loader.finished) == n)  # the thread has made every step
+            rest = [batch async for batch in batches]
+        assert len(rest) <= 1 and [*first, *(rest[0] if rest else [])] == one_by_one
+        assert {t for t in threading.enumerate() if t.name.startswith("generate")} <= runners
+
+
+async def test_a_stream_ends_with_the_engine_error_after_its_steps(worlds: Worlds) -> None:
+    world = worlds(active="rand")
+    world.loader.fail_after = 3
+    async with world.pool.generation(None) as lease:
+        ids = await lease.encode_text("Hello")
+        seen = []
+        with pytest.raises(EngineError, match="a test fault"):
+            async for step in lease.stream(ids, SamplingParams(max_tokens=20)):
+                seen.append(step)
+    assert len(seen) == 3
+    world.loader.fail_after = None
+    assert (await reply_of(world, None))[0] == world.pool.active  # the runner thread is still usable
 
 
 async def test_activate_during_traffic_loses_no_request(worlds: Worlds, models: Models) -> None:
