@@ -52,10 +52,25 @@ def _resolved(entry: VariantEntry) -> ResolvedVariant:
 
 
 class StoreCatalog:
-    """The pool's view of the store: names to ready variants (``agent.pool.Catalog``)."""
+    """The pool's view of the store: names to ready variants (``agent.pool.Catalog``).
+
+    Both are asked on every request. Store entries are immutable (a change replaces the entry), so
+    each entry's ``ResolvedVariant`` is kept while the store holds that same entry, and
+    ``installed`` returns the same tuple while no entry changed (``/v1/models`` keeps its body).
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._resolved: dict[str, tuple[VariantEntry, ResolvedVariant]] = {}
+        self._installed: tuple[list[VariantEntry], tuple[ResolvedVariant, ...]] = ([], ())
+
+    def _resolve_entry(self, entry: VariantEntry) -> ResolvedVariant:
+        kept = self._resolved.get(entry.key)
+        if kept is not None and kept[0] is entry:
+            return kept[1]
+        variant = _resolved(entry)
+        self._resolved[entry.key] = (entry, variant)
+        return variant
 
     def resolve(self, name: str) -> ResolvedVariant:
         try:
@@ -65,10 +80,16 @@ class StoreCatalog:
         if entry.status != "ready":
             detail = f": {entry.error}" if entry.error else ""
             raise ModelUnavailableError(f"{entry.key} is installed but {entry.status}{detail}")
-        return _resolved(entry)
+        return self._resolve_entry(entry)
 
-    def installed(self) -> list[ResolvedVariant]:
-        return [_resolved(e) for e in self.store.list() if e.status == "ready"]
+    def installed(self) -> tuple[ResolvedVariant, ...]:
+        entries = self.store.list()
+        last_entries, last = self._installed
+        if len(entries) == len(last_entries) and all(a is b for a, b in zip(entries, last_entries, strict=True)):
+            return last
+        variants = tuple(self._resolve_entry(e) for e in entries if e.status == "ready")
+        self._installed = (entries, variants)
+        return variants
 
 log = logging.getLogger("hflocal.runtime")
 

@@ -20,6 +20,7 @@ its own. What a caller may rely on:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -100,18 +101,28 @@ async def _check_host() -> None:
     if not header:
         return  # HTTP/1.0 without Host: no browser sends that
     bound = state().settings.http.host
+    if not (_host_allowed_cached(header, bound) if len(header) <= 255 else _host_allowed(header, bound)):
+        raise ApiError(403, f"refused: Host {header[:100]!r} is not this agent's address (DNS rebinding protection)",
+                       code="forbidden_host")
+
+
+def _host_allowed(header: str, bound: str) -> bool:
+    """Whether ``Host: header`` names this agent, bound to ``bound``."""
     parsed = split_host(header)
-    if parsed is not None:
-        name = parsed[0]
-        if is_loopback(name) or name == bound:
-            return
-        try:
-            if ipaddress.ip_address(bound).is_unspecified:
-                return
-        except ValueError:
-            pass
-    raise ApiError(403, f"refused: Host {header[:100]!r} is not this agent's address (DNS rebinding protection)",
-                   code="forbidden_host")
+    if parsed is None:
+        return False
+    name = parsed[0]
+    if is_loopback(name) or name == bound:
+        return True
+    try:
+        return ipaddress.ip_address(bound).is_unspecified
+    except ValueError:
+        return False
+
+
+_host_allowed_cached = functools.lru_cache(maxsize=256)(_host_allowed)
+"""Clients send the same ``Host`` on every request, and parsing it (``ipaddress``) was a visible
+part of a ``/v1/models`` call under load; remembered for headers of ordinary length."""
 
 
 async def _cors(response: Response) -> Response:

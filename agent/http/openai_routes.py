@@ -56,9 +56,15 @@ def _model_object(variant: ResolvedVariant) -> dict[str, Any]:
 
 @blueprint.get("/models")
 async def list_models() -> Response:
-    """Installed variants whose files are ready, by variant key."""
-    variants = state().pool.installed()
-    return json_response({"object": "list", "data": [_model_object(v) for v in variants]})
+    """Installed variants whose files are ready, by variant key. The body is kept and sent again
+    while the variants are the same (clients poll this; under load it was built on every call)."""
+    st = state()
+    variants = st.pool.installed()
+    cached = st.models_body
+    if cached is None or (cached[0] is not variants and cached[0] != variants):
+        body = msgspec.json.encode({"object": "list", "data": [_model_object(v) for v in variants]})
+        cached = st.models_body = (variants, body)
+    return Response(cached[1], status=200, content_type="application/json")
 
 
 @blueprint.get("/models/<path:model>")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from quart import current_app
 
-from agent.pool import ModelPool
+from agent.pool import ModelPool, ResolvedVariant
 from agent.settings import Settings
 
 EXTENSION = "hflocal"
@@ -18,6 +19,8 @@ class HttpState:
     settings: Settings
     api_key: str | None
     port: int
+    models_body: tuple[Sequence[ResolvedVariant], bytes] | None = field(default=None)
+    """``GET /v1/models``'s last answer and the variants it was built from (rebuilt when they change)."""
 
 
 def state() -> HttpState:

@@ -195,6 +195,21 @@ async def test_models_and_health(client: Client, models: Models) -> None:
     assert health["loaded"] == [models.a.key] and health["fallback_reason"] is None
 
 
+async def test_the_model_list_follows_the_catalog(app_for: AppFor, models: Models) -> None:
+    """The list's body is kept between calls, and rebuilt as soon as the installed variants change."""
+    app, world = app_for()
+    client = app.test_client()
+
+    async def ids() -> list[str]:
+        return [m["id"] for m in (await (await client.get("/v1/models")).get_json())["data"]]
+
+    assert await ids() == await ids() == [v.key for v in models.all]
+    del world.catalog.variants[models.b.key]
+    assert await ids() == [v.key for v in models.all if v is not models.b]
+    world.catalog.variants[models.b.key] = models.b
+    assert sorted(await ids()) == sorted(v.key for v in models.all)
+
+
 # --------------------------------------------------------------------------- disconnects
 
 
