@@ -9,6 +9,8 @@ With no ``--url`` it starts its own ``hflocal serve`` on a temporary home with t
 (imported from ``tests/``) and writes ``bench/results/load.json``. Every request must end in a
 completion, or in 503/429 with ``Retry-After``; anything else is counted under ``failed`` with why.
 The run is bounded: clients stop at the deadline and wait at most ``timeout`` for what is in flight.
+The driver speaks HTTP/1.1 itself (``_Http``), cheaply enough that on a 2-core machine it leaves
+the CPU to the agent; ``client_cpu_s`` in the summary shows what it used.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class LoadResult:
     models_ok: int = 0
     models_skipped: int = 0
     """Ticks of the models clock skipped because too many were still in flight (client-side limit)."""
+    client_cpu_s: float = 0.0
+    """CPU the driver itself used: with it well under ``seconds`` the driver was not the limit."""
     stream_latency_s: list[float] = field(default_factory=list)
     models_latency_s: list[float] = field(default_factory=list)
 
@@ -242,6 +246,7 @@ async def _models(http: _Http, deadline: float, result: LoadResult, rate: float,
 async def run_load_async(url: str, seconds: float, *, streams: int = 32, rate: float = 200.0, max_tokens: int = 16,
                          timeout: float = 120.0, headers: dict[str, str] | None = None) -> LoadResult:
     result = LoadResult(seconds=seconds, streams=streams, rate=rate)
+    cpu_start = time.process_time()
     http = _Http(url, headers, timeout)
     try:
         deadline = time.monotonic() + seconds
@@ -251,6 +256,7 @@ async def run_load_async(url: str, seconds: float, *, streams: int = 32, rate: f
         ), seconds + timeout)
     finally:
         await http.close()
+        result.client_cpu_s = round(time.process_time() - cpu_start, 2)
     return result
 
 
@@ -303,9 +309,12 @@ def main() -> int:
         try:
             rounds = []
             for _ in range(args.rounds):
+                worker = psutil.Process(agent.proc.pid) if agent is not None else None
+                cpu_before = sum(worker.cpu_times()[:2]) if worker is not None else 0.0
                 summary = run_load(url, args.seconds, streams=args.streams, rate=args.rate).summary()
-                if agent is not None:
-                    summary["worker_rss_mib"] = round(psutil.Process(agent.proc.pid).memory_info().rss / 2**20, 1)
+                if worker is not None:
+                    summary["worker_cpu_s"] = round(sum(worker.cpu_times()[:2]) - cpu_before, 2)
+                    summary["worker_rss_mib"] = round(worker.memory_info().rss / 2**20, 1)
                 rounds.append(summary)
                 print(json.dumps(summary), flush=True)
         finally:
