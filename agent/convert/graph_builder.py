@@ -42,6 +42,8 @@ class GraphBuilder:
         self.outputs: list[onnx.ValueInfoProto] = []
         self._counts: dict[str, int] = {}
         self._consts: dict[tuple[str, bytes, tuple[int, ...]], str] = {}
+        self.metadata: dict[str, str] = {}
+        """Model metadata (``metadata_props``) written with the graph."""
         self._external_path = external_data
         self._location = external_location or (external_data.name if external_data else "")
         self._external: BinaryIO | None = open(external_data, "wb") if external_data else None  # noqa: SIM115
@@ -126,6 +128,8 @@ class GraphBuilder:
             producer_name=producer,
         )
         model.ir_version = IR_VERSION
+        if self.metadata:
+            helper.set_model_props(model, self.metadata)
         return model
 
     def model(self, producer: str = "hflocal") -> onnx.ModelProto:

@@ -29,7 +29,8 @@ from onnx import TensorProto
 
 from agent.convert.attention import AttentionLayout, DecoderInputs, FusedAttention, OptimumAttention, ProjectedQKV
 from agent.convert.graph_builder import MS_DOMAIN, GraphBuilder
-from agent.convert.linear import LinearEmitter
+from agent.engine.contract import KV_BUFFER_METADATA, KV_BUFFER_SHARED
+from agent.convert.linear import EXACT_INPUT_ACCURACY, LinearEmitter
 from agent.convert.llama_shape import LlamaShape
 from agent.convert.quantize import BlockQuantized
 from agent.convert.weight_forms import (
@@ -154,6 +155,9 @@ class _Decoder:
         self.attn = attention or (FusedAttention() if fused else OptimumAttention())
         self.lin = LinearEmitter(g, fp16=quant == "fp16" or head_bits == 16, accuracy_level=accuracy_level)
         self.layer_lin = LinearEmitter(g, fp16=quant == "fp16", accuracy_level=accuracy_level)
+        self.qkv_lin = LinearEmitter(
+            g, fp16=quant == "fp16", accuracy_level=accuracy_level, auto=EXACT_INPUT_ACCURACY
+        )
         self._table = ""  # float embedding initializer (a tied float head reuses it)
         self._shared_codes = ""  # lm_head code initializer the quantized embedding also gathers from
         self._row_scales = ""  # its scales as [V, blocks, 1], the layout GatherBlockQuantized takes
@@ -189,6 +193,9 @@ class _Decoder:
         x = self._embedding(inputs.input_ids, embed, head)
         del embed
         self.attn.prepare(g, s, inputs)
+        if isinstance(self.attn, FusedAttention):
+            # GroupQueryAttention may write the cache in place: the engine then preallocates it.
+            g.metadata[KV_BUFFER_METADATA] = KV_BUFFER_SHARED
         residual, delta = x, ""  # the stream is residual + delta; the next norm adds them
         for i in range(s.num_layers):
             residual, delta = self._layer(residual, delta, i, weights)
@@ -344,7 +351,7 @@ class _Decoder:
             return prepare_weight(weights[f"{p}.{name}.weight"], self.quant)
 
         h, residual = self._add_norm(residual, delta, weights[f"{p}.input_layernorm.weight"], f"{p}.input_layernorm")
-        qkv = lin.fused(h, [w(f"self_attn.{n}_proj") for n in "qkv"], f"{p}.self_attn.qkv_proj")
+        qkv = self.qkv_lin.fused(h, [w(f"self_attn.{n}_proj") for n in "qkv"], f"{p}.self_attn.qkv_proj")
         projected = ProjectedQKV(fused=qkv) if isinstance(qkv, str) else ProjectedQKV(None, *qkv)
         past = (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
         attn = self.attn.layer(g, s, i, projected, past)

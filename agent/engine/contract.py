@@ -25,9 +25,15 @@ import numpy as np
 from agent.engine.model_files import ModelConfig
 from agent.engine.types import ModelLoadError
 
+KV_BUFFER_METADATA = "hflocal.kv_buffer"
+"""Model metadata key the converter writes on graphs whose ``present.*`` may be the very buffer
+given as ``past_key_values.*`` (onnxruntime's GroupQueryAttention writes the new keys and values in
+place when both are bound to one tensor at least as long as the sequence)."""
+KV_BUFFER_SHARED = "shared"
+
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
-_LOGITS_TO_KEEP = ("logits_to_keep", "num_logits_to_keep")
-_KNOWN = ("input_ids", "attention_mask", "position_ids", *_LOGITS_TO_KEEP)
+LOGITS_TO_KEEP_NAMES = ("logits_to_keep", "num_logits_to_keep")
+_KNOWN = ("input_ids", "attention_mask", "position_ids", *LOGITS_TO_KEEP_NAMES)
 _ORT_DTYPES: dict[str, Any] = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -90,7 +96,7 @@ def discover_contract(
     with a default (hflocal's fused graphs): it is fed like a plain one; others are left alone."""
     by_name = {node.name: node for node in inputs}
     for node in overridable:
-        if node.name in _LOGITS_TO_KEEP and node.name not in by_name:
+        if node.name in LOGITS_TO_KEEP_NAMES and node.name not in by_name:
             by_name[node.name] = node
     out_names = {node.name for node in outputs}
     unknown = [
@@ -141,7 +147,7 @@ def discover_contract(
                 )
             )
     keep: tuple[str, tuple[int, ...]] | None = None
-    for name in _LOGITS_TO_KEEP:
+    for name in LOGITS_TO_KEEP_NAMES:
         if name in by_name:
             node = by_name[name]
             _dtype(node, (np.int64,))

@@ -24,7 +24,7 @@ import numpy as np
 
 from agent.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from agent.engine.sampling import Pick, Sampler, SamplingPlan
-from agent.engine.session import CachedRunner, UncachedRunner
+from agent.engine.session import Runner
 from agent.engine.tokenizer import ModelTokenizer
 from agent.engine.types import Step, TokenChoice, TokenLogprob
 
@@ -64,7 +64,7 @@ def _choice(tokenizer: ModelTokenizer, pick: Pick, plan: SamplingPlan) -> TokenC
 
 def run_decode(
     *,
-    runner: CachedRunner | UncachedRunner,
+    runner: Runner,
     tokenizer: ModelTokenizer,
     prompt_ids: list[int],
     sampler: Sampler,

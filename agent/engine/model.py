@@ -26,7 +26,7 @@ from agent.engine.contract import GraphContract, discover_contract
 from agent.engine.decode import DecodeStats, run_decode
 from agent.engine.model_files import ModelConfig, onnx_path, read_json, read_model_config
 from agent.engine.sampling import Sampler, resolve_sampling
-from agent.engine.session import CPU, CachedRunner, UncachedRunner, make_runner, open_session
+from agent.engine.session import CPU, Runner, make_runner, open_session
 from agent.engine.tokenizer import ModelTokenizer
 from agent.engine.types import (
     ContextLengthExceeded,
@@ -52,7 +52,7 @@ class OnnxChatModel:
         template: ChatTemplate,
         session: ort.InferenceSession,
         contract: GraphContract,
-        runner: CachedRunner | UncachedRunner,
+        runner: Runner,
     ) -> None:
         self.info = info
         self.config = config
@@ -60,7 +60,7 @@ class OnnxChatModel:
         self.template = template
         self.contract = contract
         self._session: ort.InferenceSession | None = session
-        self._runner: CachedRunner | UncachedRunner | None = runner
+        self._runner: Runner | None = runner
         self.last_stats = DecodeStats()
         """Timings of the most recent generation (updated as it runs)."""
 

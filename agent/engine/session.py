@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import _pybind_state as ort_c
 
-from agent.engine.contract import GraphContract
+from agent.engine.contract import KV_BUFFER_METADATA, KV_BUFFER_SHARED, LOGITS_TO_KEEP_NAMES, GraphContract
 from agent.engine.types import ModelLoadError
 
 CPU = "CPUExecutionProvider"
@@ -47,6 +47,13 @@ def open_session(path: Path, providers: list[str], threads: int) -> ort.Inferenc
     # Weights go to plain allocations, not the arena, so the arena only holds activations.
     options.add_session_config_entry("session.use_device_allocator_for_initializers", "1")
     options.log_severity_level = 3
+    # transformers' logits_to_keep, when a graph has it as an initializer-backed input (default 0 =
+    # every position): the engine only ever wants the last position, and an I/O binding cannot feed
+    # initializer-backed inputs, so the session gets 1 as its value. A required input of that name
+    # is unaffected (onnxruntime ignores the override), and graphs without it are unchanged.
+    keep = ort.OrtValue.ortvalue_from_numpy(np.ones(1, np.int64))
+    for name in LOGITS_TO_KEEP_NAMES:
+        options.add_initializer(name, keep)
     provider_options: list[dict[str, str]] = []
     for provider in providers:
         if provider == CUDA:
@@ -54,9 +61,11 @@ def open_session(path: Path, providers: list[str], threads: int) -> ort.Inferenc
         else:
             provider_options.append({})
     try:
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             str(path), sess_options=options, providers=providers, provider_options=provider_options
         )
+        session._hflocal_keep = keep  # type: ignore[attr-defined]  # must outlive the session
+        return session
     except Exception as exc:  # onnxruntime raises its own pybind classes, not one base
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {path.name}: {detail}") from exc
@@ -77,6 +86,15 @@ class DecoderRunner(Protocol):
 
     def forward(self, ids: Sequence[int]) -> np.ndarray:
         """Append ``ids`` to the sequence; return the float32 logits (vocab,) after the last one."""
+
+
+def prefill_chunk(contract: GraphContract, vocab: int) -> int:
+    """Most prompt tokens per run: at most ``PREFILL_CHUNK`` (bounds attention scratch memory) and,
+    unless the graph returns the last position only, logits within ``PREFILL_LOGITS_BUDGET``."""
+    chunk = PREFILL_CHUNK
+    if contract.logits_to_keep is None:
+        chunk = min(chunk, PREFILL_LOGITS_BUDGET // max(vocab, 1))
+    return max(16, chunk)
 
 
 def _keep_one(contract: GraphContract) -> np.ndarray:
@@ -139,12 +157,7 @@ class CachedRunner:
         self.max_chunk = context_length
 
     def set_vocab(self, vocab: int) -> None:
-        """Size prefill chunks: at most ``PREFILL_CHUNK`` tokens (bounds attention scratch memory)
-        and, unless the graph returns the last position only, logits within ``PREFILL_LOGITS_BUDGET``."""
-        chunk = PREFILL_CHUNK
-        if self._contract.logits_to_keep is None:
-            chunk = min(chunk, PREFILL_LOGITS_BUDGET // max(vocab, 1))
-        self.max_chunk = max(16, chunk)
+        self.max_chunk = prefill_chunk(self._contract, vocab)
 
     def reset(self) -> None:
         self._past = []
@@ -246,6 +259,120 @@ class CachedRunner:
         return outputs[0].numpy(), list(outputs[1:])
 
 
+KV_BUFFER_STEP = 256
+"""The preallocated cache grows in whole multiples of this many positions (at least doubling)."""
+
+
+class KVBufferRunner:
+    """Runner for graphs that update their cache in place (:data:`KV_BUFFER_METADATA`).
+
+    Each layer's key and value live in one preallocated ``[1, heads, capacity, head_dim]`` buffer,
+    bound through an I/O binding as both the past input and the present output, so a step writes
+    only its new positions: nothing is concatenated or copied, and memory holds one cache, not the
+    old and the new one side by side. The buffers grow (copying once) when a sequence outgrows them,
+    up to the context length; cutting the sequence back to a shared prefix costs nothing.
+    """
+
+    def __init__(self, session: ort.InferenceSession, contract: GraphContract, context_length: int) -> None:
+        assert contract.attention_mask_dtype is not None
+        self._session = session
+        self._contract = contract
+        self._context = context_length
+        self._binding = session.io_binding()
+        self._mask = np.ones((1, context_length), dtype=contract.attention_mask_dtype)
+        self._positions = np.arange(context_length, dtype=contract.position_ids_dtype or np.int64).reshape(1, -1)
+        self._keep = _keep_one(contract)
+        # An initializer-backed logits_to_keep already holds 1 (see open_session) and cannot be
+        # bound; only a required input of that name is fed.
+        self._feed_keep = contract.logits_to_keep is not None and contract.logits_to_keep[0] in {
+            i.name for i in session.get_inputs()
+        }
+        self._buffers: list[np.ndarray] = []
+        self._tokens: list[int] = []
+        self.past_length = 0
+        self.max_chunk = context_length
+        width = next((o.shape[-1] for o in session.get_outputs() if o.name == contract.logits_name), None)
+        self._logits = np.zeros((1, 1, width), np.float32) if isinstance(width, int) and width > 0 else None
+        """Where the last position's logits land (the graph keeps one position), when the width is
+        known; otherwise onnxruntime allocates them on every step."""
+
+    def set_vocab(self, vocab: int) -> None:
+        self.max_chunk = prefill_chunk(self._contract, vocab)
+
+    @property
+    def capacity(self) -> int:
+        """Positions the buffers hold now (0 before the first forward)."""
+        return int(self._buffers[0].shape[2]) if self._buffers else 0
+
+    def reset(self) -> None:
+        """Forget the sequence and give the buffers' memory back."""
+        self._buffers = []
+        self._tokens = []
+        self.past_length = 0
+        self._binding.clear_binding_inputs()
+        self._binding.clear_binding_outputs()
+
+    def begin(self, prompt: Sequence[int]) -> int:
+        cached = self._tokens
+        limit = min(len(cached), len(prompt) - 1)
+        common = 0
+        while common < limit and cached[common] == prompt[common]:
+            common += 1
+        del self._tokens[common:]  # positions past ``common`` are simply overwritten later
+        self.past_length = common
+        return common
+
+    def forward(self, ids: Sequence[int]) -> np.ndarray:
+        try:
+            return self._forward(ids)
+        except BaseException:
+            self.reset()
+            raise
+
+    def _grow(self, needed: int) -> None:
+        """Make room for ``needed`` positions, keeping the ``past_length`` already cached."""
+        if needed > self._context:
+            raise RuntimeError(f"sequence of {needed} tokens exceeds the context of {self._context}")
+        if needed <= self.capacity:
+            return
+        size = max(needed, 2 * self.capacity)
+        size = min(self._context, -(-size // KV_BUFFER_STEP) * KV_BUFFER_STEP)
+        old, keep = self._buffers, self.past_length
+        self._buffers = []
+        binding = self._binding
+        for i, spec in enumerate(self._contract.kv):
+            buffer = np.zeros((1, spec.num_heads, size, spec.head_dim), dtype=spec.dtype)
+            if old and keep:
+                buffer[:, :, :keep] = old[i][:, :, :keep]
+            self._buffers.append(buffer)
+            value = ort.OrtValue.ortvalue_from_numpy(buffer)
+            binding.bind_ortvalue_input(spec.input_name, value)
+            binding.bind_ortvalue_output(spec.output_name, value)
+        if self._logits is not None:
+            binding.bind_ortvalue_output(self._contract.logits_name, ort.OrtValue.ortvalue_from_numpy(self._logits))
+        else:
+            binding.bind_output(self._contract.logits_name, "cpu")
+
+    def _forward(self, ids: Sequence[int]) -> np.ndarray:
+        contract, past = self._contract, self.past_length
+        total = past + len(ids)
+        self._grow(total)
+        binding = self._binding
+        tokens = np.asarray(ids, dtype=contract.input_ids_dtype).reshape(1, len(ids))
+        binding.bind_cpu_input("input_ids", tokens)
+        binding.bind_cpu_input("attention_mask", self._mask[:, :total])
+        if contract.position_ids_dtype is not None:
+            binding.bind_cpu_input("position_ids", self._positions[:, past:total])
+        if self._feed_keep:
+            binding.bind_cpu_input(contract.logits_to_keep[0], self._keep)
+        self._session.run_with_iobinding(binding)
+        self._tokens.extend(int(i) for i in ids)
+        self.past_length = total
+        if self._logits is not None:
+            return self._logits[0, -1].copy()  # the buffer is overwritten by the next step
+        return _last_logits(binding.get_outputs()[-1].numpy())
+
+
 class UncachedRunner:
     """Runner for graphs without a cache: every call re-runs the whole sequence."""
 
@@ -282,9 +409,20 @@ class UncachedRunner:
         return _last_logits(logits)
 
 
-def make_runner(session: ort.InferenceSession, contract: GraphContract, context_length: int, vocab: int) -> CachedRunner | UncachedRunner:
-    runner: CachedRunner | UncachedRunner
-    if contract.has_cache:
+Runner: TypeAlias = CachedRunner | KVBufferRunner | UncachedRunner
+
+
+def shares_kv_buffer(session: ort.InferenceSession) -> bool:
+    """The graph says it updates its cache in place, and runs on the CPU (where that is tested)."""
+    metadata = session.get_modelmeta().custom_metadata_map
+    return metadata.get(KV_BUFFER_METADATA) == KV_BUFFER_SHARED and session.get_providers()[0] == CPU
+
+
+def make_runner(session: ort.InferenceSession, contract: GraphContract, context_length: int, vocab: int) -> Runner:
+    runner: Runner
+    if contract.has_cache and contract.attention_mask_dtype is not None and contract.logits_to_keep and shares_kv_buffer(session):
+        runner = KVBufferRunner(session, contract, context_length)
+    elif contract.has_cache:
         runner = CachedRunner(session, contract, context_length)
     else:
         runner = UncachedRunner(session, contract, context_length)
