@@ -50,7 +50,7 @@ HUB_CHECK_TIMEOUT_S = 3.0
 PROGRESS_EVERY_S = 3.0
 CURL_EXAMPLE = (
     "curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
-    """-d '{{"messages":[{{"role":"user","content":"What is the capital of France?"}}]}}'"""
+    """-d '{{"messages":[{{"role":"user","content":"What is the capital of Germany?"}}]}}'"""
 )
 
 

@@ -9,7 +9,7 @@ extra dependency). What a user may rely on:
   generation in the agent within a step, and the prompt comes back (the partial answer stays in the
   conversation). Ctrl-C at the prompt does not quit.
 - With stdin not a terminal every input line is one question and only the answers are printed, one
-  per question, so ``echo "What is the capital of France?" | hflocal chat`` works in scripts.
+  per question, so ``echo "What is the capital of Germany?" | hflocal chat`` works in scripts.
 - Failures are one line on stderr: no agent, no active model (it says ``hflocal use``), an unknown
   model, an error from the server. The exit status is 0, or 1 if a question failed or the agent
   could not be reached.

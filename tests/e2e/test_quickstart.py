@@ -63,7 +63,7 @@ def test_the_hub_default_is_downloaded_and_activated(
     log = wait_for_log(agent, READY)
     assert f"checking whether the Hub offers {HUB_MODEL}" in log
     assert f"downloading {HUB_KEY}" in log and "importing" not in log
-    assert "curl http://127.0.0.1:" in log and "What is the capital of France?" in log
+    assert "curl http://127.0.0.1:" in log and "What is the capital of Germany?" in log
     status, health = http_json(f"{agent.http_url}/health")
     assert (status, health["model"], health["model_state"]) == (200, HUB_KEY, "ready")
     assert chat_answer(agent.http_url, "What is the capital of France?") == REPLY
