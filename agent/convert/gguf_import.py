@@ -30,6 +30,7 @@ from agent.convert.gguf_weights import (
     hf_name,
     tensor_shape,
 )
+from agent.convert.linear import AccuracyLevel
 from agent.convert.llama_graph import write_llama_onnx
 from agent.convert.llama_shape import LlamaShape, RopeScaling
 from agent.convert.repo_files import write_model_configs, write_tokenizer_files
@@ -218,7 +219,7 @@ def import_gguf(
     quants: Sequence[Quant] = ("q4",),
     progress: Progress | None = None,
     *,
-    accuracy_level: int | None = None,
+    accuracy_level: AccuracyLevel = None,
     head_bits: int | None = None,
     fused: bool | None = None,
 ) -> ImportResult:

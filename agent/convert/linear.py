@@ -24,6 +24,8 @@ speed against int8 everywhere; all-float runs at ~60 %.
 
 from __future__ import annotations
 
+from typing import Literal, TypeAlias
+
 import numpy as np
 from onnx import TensorProto
 
@@ -31,6 +33,9 @@ from agent.convert.graph_builder import MS_DOMAIN, GraphBuilder
 from agent.convert.quantize import BlockQuantized, can_concat_rows, concat_rows
 from agent.convert.weight_forms import Weight
 
+AccuracyLevel: TypeAlias = "int | Literal['float'] | None"
+"""What a converter caller asks for: None, the default per node (below); ``"float"``, float
+activations wherever a fast kernel allows (every 4-bit node: exact, slower); or one level for all."""
 AUTO_ACCURACY = {4: 4, 8: 4}
 """Default ``accuracy_level`` per weight width: int8 activations (level 4)."""
 EXACT_INPUT_ACCURACY = {4: 0, 8: 4}

@@ -13,7 +13,8 @@ The mapping is read once per name, in layer order, so a lazy mapping keeps memor
 Quantizations (files named as Transformers.js names them, :data:`QUANT_FILES`; storage policy in
 :mod:`agent.convert.weight_forms`): ``fp32``; ``fp16`` (fp16 initializers cast to float32 in the
 graph: half the download, float32 compute and I/O); ``q8`` / ``q4``: weight-only ``MatMulNBits``
-with block 32. ``accuracy_level`` None picks per node what is fast on CPU (see :mod:`.linear`).
+with block 32. ``accuracy_level`` None picks per node (int8 activations but for q/k/v), ``"float"``
+keeps float activations wherever a fast kernel allows (see :mod:`.linear`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from onnx import TensorProto
 from agent.convert.attention import AttentionLayout, DecoderInputs, FusedAttention, OptimumAttention, ProjectedQKV
 from agent.convert.graph_builder import MS_DOMAIN, GraphBuilder
 from agent.engine.contract import KV_BUFFER_METADATA, KV_BUFFER_SHARED
-from agent.convert.linear import EXACT_INPUT_ACCURACY, LinearEmitter
+from agent.convert.linear import AUTO_ACCURACY, EXACT_INPUT_ACCURACY, AccuracyLevel, LinearEmitter
 from agent.convert.llama_shape import LlamaShape
 from agent.convert.quantize import BlockQuantized
 from agent.convert.weight_forms import (
@@ -59,7 +60,7 @@ def build_llama_model(
     weights: Mapping[str, Weight],
     quant: Quant = "fp32",
     *,
-    accuracy_level: int | None = None,
+    accuracy_level: AccuracyLevel = None,
     head_bits: int | None = None,
     attention: AttentionLayout | None = None,
     fused: bool = False,
@@ -78,7 +79,7 @@ def _build(
     shape: LlamaShape,
     weights: Mapping[str, Weight],
     quant: Quant,
-    accuracy_level: int | None,
+    accuracy_level: AccuracyLevel,
     head_bits: int | None,
     attention: AttentionLayout | None,
     fused: bool,
@@ -101,7 +102,7 @@ def write_llama_onnx(
     repo_dir: Path,
     quant: Quant = "fp32",
     *,
-    accuracy_level: int | None = None,
+    accuracy_level: AccuracyLevel = None,
     head_bits: int | None = None,
     attention: AttentionLayout | None = None,
     fused: bool = False,
@@ -145,7 +146,7 @@ class _Decoder:
         g: GraphBuilder,
         shape: LlamaShape,
         quant: Quant,
-        accuracy_level: int | None,
+        accuracy_level: AccuracyLevel,
         head_bits: int,
         attention: AttentionLayout | None,
         fused: bool = False,
@@ -153,11 +154,11 @@ class _Decoder:
         self.g, self.shape, self.quant, self.head_bits = g, shape, quant, head_bits
         self.fused = fused
         self.attn = attention or (FusedAttention() if fused else OptimumAttention())
-        self.lin = LinearEmitter(g, fp16=quant == "fp16" or head_bits == 16, accuracy_level=accuracy_level)
-        self.layer_lin = LinearEmitter(g, fp16=quant == "fp16", accuracy_level=accuracy_level)
-        self.qkv_lin = LinearEmitter(
-            g, fp16=quant == "fp16", accuracy_level=accuracy_level, auto=EXACT_INPUT_ACCURACY
-        )
+        level = None if accuracy_level == "float" else accuracy_level
+        layers = EXACT_INPUT_ACCURACY if accuracy_level == "float" else AUTO_ACCURACY
+        self.lin = LinearEmitter(g, fp16=quant == "fp16" or head_bits == 16, accuracy_level=level)
+        self.layer_lin = LinearEmitter(g, fp16=quant == "fp16", accuracy_level=level, auto=layers)
+        self.qkv_lin = LinearEmitter(g, fp16=quant == "fp16", accuracy_level=level, auto=EXACT_INPUT_ACCURACY)
         self._table = ""  # float embedding initializer (a tied float head reuses it)
         self._shared_codes = ""  # lm_head code initializer the quantized embedding also gathers from
         self._row_scales = ""  # its scales as [V, blocks, 1], the layout GatherBlockQuantized takes

@@ -11,7 +11,6 @@ import numpy as np
 import onnx
 import pytest
 
-from agent.convert import linear
 from agent.convert.llama_graph import LOGITS_TO_KEEP, RESCORE_TOP_K, write_llama_onnx
 from agent.convert.weight_forms import Quant, effective_weights
 from tests.fakes import reference
@@ -96,15 +95,12 @@ def test_logits_to_keep(tiny: TinyModel, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fused", [True, False])
-def test_quantized_head_rescores_its_top_k_exactly(
-    tiny: TinyModel, tmp_path: Path, fused: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_quantized_head_rescores_its_top_k_exactly(tiny: TinyModel, tmp_path: Path, fused: bool) -> None:
     """q4's 8-bit lm_head runs with int8 activations, then recomputes its top-k logits in float32:
     those equal the float reference of the held weights, so the greedy token is the float model's
     at every position. (The 4-bit layers are given float activations here so that only the head
     differs from the reference.)"""
-    monkeypatch.setitem(linear.AUTO_ACCURACY, 4, 0)
-    decoder = Decoder(_graph(tiny, tmp_path, "q4", fused))
+    decoder = Decoder(_graph(tiny, tmp_path, "q4", fused, accuracy_level="float"))
     weights = effective_weights(tiny.shape, tiny.weights, "q4")
     ids = tiny.encode(" ".join(CORPUS))[:96]
     logits, _ = decoder.step(np.array([ids]))

@@ -255,3 +255,16 @@ def test_llama3_frequencies_follow_transformers_formula() -> None:
     assert np.allclose(scaled[short], plain[short]) and np.allclose(scaled[long], plain[long] / 8)
     middle = ~short & ~long
     assert middle.any() and np.all((scaled[middle] < plain[middle]) & (scaled[middle] > plain[middle] / 8))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_float_activations_on_request(tiny: TinyModel, fused: bool) -> None:
+    """``accuracy_level="float"``: every 4-bit node keeps float activations (the exact, slower form);
+    the 8-bit head keeps level 4, its only fast kernel."""
+    model = build_llama_model(tiny.shape, tiny.weights, "q4", accuracy_level="float", fused=fused)
+    levels = {
+        (a["bits"], a["accuracy_level"])
+        for n in model.graph.node if n.op_type == "MatMulNBits"
+        for a in [{x.name: x.i for x in n.attribute}]
+    }
+    assert levels == {(4, 0), (8, 4)}

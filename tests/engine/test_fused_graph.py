@@ -5,7 +5,6 @@ tokens as the unfused graph of the same weights."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
