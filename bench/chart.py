@@ -21,17 +21,18 @@ def table(report: dict[str, Any]) -> str:
         f"({report['date']}; load average during the run "
         f"{min(l[0] for l in report['load_during_run']):.1f}–{max(l[0] for l in report['load_during_run']):.1f}); "
         f"prompts {report['prompt_tokens']['short']} / {report['prompt_tokens']['long']} tokens; "
-        f"top-1 agreement with fp32 over {report['agreement_positions']} teacher-forced positions",
+        f"top-1 agreement and mean KL divergence from fp32 over {report['agreement_positions']} teacher-forced positions",
         "",
-        "| engine | decode tok/s | × llama.cpp | TTFT 40 (ms) | TTFT 1k (ms) | peak RSS (MB) | load (s) | top-1 vs fp32 |",
-        "|---|---|---|---|---|---|---|---|",
+        "| engine | decode tok/s | × llama.cpp | TTFT 40 (ms) | TTFT 1k (ms) | peak RSS (MB) | load (s) | top-1 vs fp32 | KL vs fp32 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in report["results"].items():
-        agree = r.get("top1_agreement")
+        agree, kl = r.get("top1_agreement"), r.get("kl_from_fp32")
         lines.append(
             f"| {label} | {_fmt(r['decode_tok_s'], '.1f')} | {_fmt(r['decode_vs_llama'], '.2f')} | "
             f"{_fmt(r['ttft_short_ms'], '.0f')} | {_fmt(r['ttft_long_ms'], '.0f')} | {_fmt(r['peak_rss_mb'], '.0f')} | "
-            f"{_fmt(r['load_s'], '.2f')} | {'–' if agree is None else f'{100 * agree:.1f} %'} |"
+            f"{_fmt(r['load_s'], '.2f')} | {'–' if agree is None else f'{100 * agree:.1f} %'} | "
+            f"{'–' if kl is None else f'{kl:.1e}'} |"
         )
     overhead = report.get("http_overhead")
     if overhead:

@@ -244,30 +244,39 @@ def measure(engine_kind: str, target: str, prompts: dict[str, Any], threads: int
             engine.close()
 
 
-def agree(engine_kind: str, target: str, ids: list[int], threads: int) -> list[int]:
-    """Teacher-forced top-1 token after every prefix of ``ids`` (all positions in one run)."""
+def agree(engine_kind: str, target: str, payload: dict[str, Any], threads: int) -> str:
+    """Teacher-forced logits after every prefix of each id list in ``payload["texts"]`` (each text a
+    fresh sequence, all its positions in one run), saved to ``payload["out"]`` (.npz, one array per
+    text); returns that path."""
+    texts: list[list[int]] = payload["texts"]
+    out: dict[str, np.ndarray] = {}
     if engine_kind == "llama":
-        llm = LlamaEngine(target, threads, logits_all=True).llm
-        llm.reset()
-        llm.eval(ids)
-        return [int(i) for i in np.asarray(llm.scores[: len(ids)]).argmax(-1)]
-    import onnxruntime as ort
+        for i, ids in enumerate(texts):
+            llm = LlamaEngine(target, threads, logits_all=True).llm  # a fresh context per text
+            llm.reset()
+            llm.eval(ids)
+            out[f"text{i}"] = np.array(llm.scores[: len(ids)], np.float32)
+            del llm
+    else:
+        import onnxruntime as ort
 
-    path = Path(target)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    feeds: dict[str, np.ndarray] = {
-        "input_ids": np.array([ids], np.int64),
-        "attention_mask": np.ones((1, len(ids)), np.int64),
-        "position_ids": np.arange(len(ids), dtype=np.int64)[None],
-    }
-    for node in session.get_inputs():
-        if node.name.startswith("past_key_values."):
-            feeds[node.name] = np.zeros((1, int(node.shape[1]), 0, int(node.shape[3])), np.float32)
-    (logits,) = session.run(["logits"], feeds)  # logits_to_keep, if the graph has it, defaults to all
-    return [int(i) for i in logits[0].argmax(-1)]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(Path(target)), options, providers=["CPUExecutionProvider"])
+        for i, ids in enumerate(texts):
+            feeds: dict[str, np.ndarray] = {
+                "input_ids": np.array([ids], np.int64),
+                "attention_mask": np.ones((1, len(ids)), np.int64),
+                "position_ids": np.arange(len(ids), dtype=np.int64)[None],
+            }
+            for node in session.get_inputs():
+                if node.name.startswith("past_key_values."):
+                    feeds[node.name] = np.zeros((1, int(node.shape[1]), 0, int(node.shape[3])), np.float32)
+            (logits,) = session.run(["logits"], feeds)  # logits_to_keep, if the graph has it, defaults to all
+            out[f"text{i}"] = logits[0]
+    np.savez(payload["out"], **out)
+    return str(payload["out"])
 
 
 def main() -> None:

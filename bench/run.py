@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,13 +29,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.variants import VARIANTS, build  # noqa: E402
 from bench.workload import (  # noqa: E402
-    AGREEMENT_POSITIONS,
-    AGREEMENT_TEXT,
+    AGREEMENT_LIMITS,
+    AGREEMENT_TEXTS,
     LONG_USER,
     RESET_USER,
     SHORT_USER,
@@ -45,7 +48,7 @@ BENCH_REQUIREMENTS = ["llama-cpp-python>=0.3.16", "matplotlib>=3.8"]
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 RESULTS = ROOT / "bench" / "results"
 HTTP_VARIANT = "q4-fused"
-DEFAULT_SPEED_VARIANTS = ["q4-unfused", "q4-fused-f16head", "q4-fused", "q4-fused-int8"]
+DEFAULT_SPEED_VARIANTS = ["q4-unfused", "q4-fused-f16head", "q4-fused-exact", "q4-fused", "q4-fused-int8"]
 
 
 def ensure_bench_dependencies() -> None:
@@ -111,10 +114,29 @@ def prompts(folder: Path) -> dict[str, Any]:
         "long": model.encode_chat(messages(LONG_USER)),
         "short_user": SHORT_USER,
         "long_user": LONG_USER,
-        "agreement": model.encode_text(AGREEMENT_TEXT)[:AGREEMENT_POSITIONS],
+        "agreement": [model.encode_text(text)[:limit] for text, limit in zip(AGREEMENT_TEXTS, AGREEMENT_LIMITS)],
     }
     model.close()
     return data
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    x -= x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[float, float]:
+    """Top-1 agreement with the reference and the mean KL(reference || candidate), in nats, over
+    every teacher-forced position of every text."""
+    same = total = 0
+    divergences = []
+    for ref, got in zip(reference, candidate):
+        got = got[:, : ref.shape[-1]]  # a padded vocabulary's extra logits are never sampled
+        same += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        total += ref.shape[0]
+        divergences.append((np.exp(ref) * (ref - got)).sum(-1))
+    return same / total, float(np.concatenate(divergences).mean())
 
 
 def median(values: list[Any]) -> Any:
@@ -150,15 +172,23 @@ def main() -> None:
     def onnx_file(name: str) -> str:
         return str(next((folders[name] / "onnx").glob("*.onnx")))
 
-    reference = child("agree", "onnx", onnx_file("fp32"), data["agreement"], args.threads)
+    scratch = Path(tempfile.mkdtemp(prefix="hflocal-agree-"))
+
+    def logits_of(kind: str, target: str) -> list[np.ndarray]:
+        payload = {"texts": data["agreement"], "out": str(scratch / "logits.npz")}
+        with np.load(child("agree", kind, target, payload, args.threads)) as saved:
+            return [log_softmax(saved[f"text{i}"]) for i in range(len(data["agreement"]))]
+
+    reference = logits_of("onnx", onnx_file("fp32"))
     agreement: dict[str, float] = {}
-    for name in speed_variants:
-        top1 = child("agree", "onnx", onnx_file(name), data["agreement"], args.threads)
-        agreement[name] = sum(a == b for a, b in zip(top1, reference)) / len(reference)
-    llama_top1 = child("agree", "llama", str(gguf), data["agreement"], args.threads)
-    agreement["llama.cpp"] = sum(a == b for a, b in zip(llama_top1, reference)) / len(reference)
-    agreement[f"http {HTTP_VARIANT}"] = agreement.get(HTTP_VARIANT, float("nan"))
+    divergence: dict[str, float] = {}
+    for label, kind, target in [*((n, "onnx", onnx_file(n)) for n in speed_variants), ("llama.cpp", "llama", str(gguf))]:
+        agreement[label], divergence[label] = compare(reference, logits_of(kind, target))
+    shutil.rmtree(scratch, ignore_errors=True)
+    for table_ in (agreement, divergence):
+        table_[f"http {HTTP_VARIANT}"] = table_.get(HTTP_VARIANT, float("nan"))
     print("agreement:", {k: round(v, 4) for k, v in agreement.items()}, flush=True)
+    print("KL (mean, nats):", {k: f"{v:.2e}" for k, v in divergence.items()}, flush=True)
 
     engines: list[tuple[str, str, str]] = [
         (name, "onnx", f"{folders[name]}:{VARIANTS[name].quant}") for name in speed_variants
@@ -181,6 +211,7 @@ def main() -> None:
         row = {k: median([r.get(k) for r in runs]) for k in keys}
         row["generated_tokens"] = median([median(r["generated_tokens"]) for r in runs])
         row["top1_agreement"] = agreement.get(label)
+        row["kl_from_fp32"] = divergence.get(label)
         row["repetitions"] = len(runs)
         rows[label] = row
     llama = rows["llama.cpp"]
@@ -205,7 +236,7 @@ def main() -> None:
         "threads": args.threads,
         "model": f"SmolLM2-135M-Instruct ({GGUF_NAME})",
         "prompt_tokens": {"short": len(data["short"]), "long": len(data["long"])},
-        "agreement_positions": len(data["agreement"]),
+        "agreement_positions": sum(len(ids) for ids in data["agreement"]),
         "new_tokens": "up to 128, greedy, stops at eos",
         "variants": {name: VARIANTS[name].what for name in speed_variants},
         "results": rows,

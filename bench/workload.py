@@ -33,6 +33,19 @@ AGREEMENT_TEXT = (
 )
 """Teacher-forced text for top-1 agreement (its first 256 tokens are used)."""
 AGREEMENT_POSITIONS = 256
+MIXED_TEXT = (
+    "Photosynthesis is the process by which green plants use sunlight to make food from carbon dioxide "
+    "and water. In 1969, two astronauts walked on the Moon while a third orbited above. The recipe calls "
+    "for two cups of flour, a pinch of salt and three eggs, beaten until smooth. Python is a programming "
+    "language that lets you work quickly and integrate systems more effectively. def add(a, b):\n    "
+    "return a + b\n\nThe stock market fell sharply on Monday as investors worried about rising interest "
+    "rates. Dear Sir or Madam, I am writing to apply for the position of junior librarian advertised in "
+    "your newsletter. The mitochondria is the powerhouse of the cell. "
+)
+AGREEMENT_TEXTS = (AGREEMENT_TEXT, MIXED_TEXT + LONG_USER[:1500])
+"""Teacher-forced texts for agreement and KL divergence (the first 256 and 512 tokens): one point of
+agreement over 256 positions alone is a single token, well within what near-ties decide."""
+AGREEMENT_LIMITS = (AGREEMENT_POSITIONS, 512)
 
 
 def messages(user: str) -> list[dict[str, str]]:
