@@ -111,7 +111,36 @@ def _last_logits(logits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(logits[0, -1], dtype=np.float32)
 
 
-class CachedRunner:
+class _CacheRunner:
+    """What both cached runners share: the token ids in the cache, and a failed step forgets it."""
+
+    _tokens: list[int]
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def _forward(self, ids: Sequence[int]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _shared_prefix(self, prompt: Sequence[int]) -> int:
+        """How many first tokens of ``prompt`` the cache holds (at most ``len(prompt) - 1``: the last
+        prompt token must be run for its logits)."""
+        cached = self._tokens
+        limit = min(len(cached), len(prompt) - 1)
+        common = 0
+        while common < limit and cached[common] == prompt[common]:
+            common += 1
+        return common
+
+    def forward(self, ids: Sequence[int]) -> np.ndarray:
+        try:
+            return self._forward(ids)
+        except BaseException:
+            self.reset()  # the cache no longer matches any known token sequence
+            raise
+
+
+class CachedRunner(_CacheRunner):
     """Runner for graphs with ``past_key_values`` inputs; the cache stays in ``OrtValue``s."""
 
     def __init__(
@@ -179,12 +208,8 @@ class CachedRunner:
         ``len(prompt) - 1``: the last prompt token must be run for its logits). Multi-turn chats
         thus re-run only the new turn. A cache on an accelerator is kept only when the prompt
         extends it; cutting it back happens on the CPU only."""
-        cached = self._tokens
-        limit = min(len(cached), len(prompt) - 1)
-        common = 0
-        while common < limit and cached[common] == prompt[common]:
-            common += 1
-        if common == len(cached):
+        common = self._shared_prefix(prompt)
+        if common == len(self._tokens):
             return common
         if common == 0 or self._kv_device != "cpu":
             self.reset()
@@ -194,13 +219,6 @@ class CachedRunner:
         del self._tokens[common:]
         self.past_length = common
         return common
-
-    def forward(self, ids: Sequence[int]) -> np.ndarray:
-        try:
-            return self._forward(ids)
-        except BaseException:
-            self.reset()  # the cache no longer matches any known token sequence
-            raise
 
     def _forward(self, ids: Sequence[int]) -> np.ndarray:
         contract = self._contract
@@ -266,7 +284,7 @@ KV_BUFFER_STEP = 256
 """The preallocated cache grows in whole multiples of this many positions (at least doubling)."""
 
 
-class KVBufferRunner:
+class KVBufferRunner(_CacheRunner):
     """Runner for graphs that update their cache in place (:data:`KV_BUFFER_METADATA`).
 
     Each layer's key and value live in one preallocated ``[1, heads, capacity, head_dim]`` buffer,
@@ -316,21 +334,10 @@ class KVBufferRunner:
         self._binding.clear_binding_outputs()
 
     def begin(self, prompt: Sequence[int]) -> int:
-        cached = self._tokens
-        limit = min(len(cached), len(prompt) - 1)
-        common = 0
-        while common < limit and cached[common] == prompt[common]:
-            common += 1
+        common = self._shared_prefix(prompt)
         del self._tokens[common:]  # positions past ``common`` are simply overwritten later
         self.past_length = common
         return common
-
-    def forward(self, ids: Sequence[int]) -> np.ndarray:
-        try:
-            return self._forward(ids)
-        except BaseException:
-            self.reset()
-            raise
 
     def _grow(self, needed: int) -> None:
         """Make room for ``needed`` positions, keeping the ``past_length`` already cached."""
