@@ -345,6 +345,8 @@ def build_gguf(name: str, shape: LlamaShape, rebuild: bool) -> tuple[Path, dict[
     from gguf import GGMLQuantizationType as QT
     from gguf import GGUFWriter, quants
 
+    from tests.fakes.tiny_gguf import write_shape
+
     path = MODELS / f"bandwidth-{name}.Q4_0.gguf"
     stamp = path.with_suffix(".json")
     if not rebuild and path.exists() and stamp.exists():
@@ -352,18 +354,7 @@ def build_gguf(name: str, shape: LlamaShape, rebuild: bool) -> tuple[Path, dict[
     started = time.perf_counter()
     tmp = path.with_name(path.name + ".incomplete")
     w = GGUFWriter(str(tmp), "llama")
-    w.add_name(f"random {name}")
-    w.add_context_length(CONTEXT)
-    w.add_embedding_length(shape.hidden_size)
-    w.add_block_count(shape.num_layers)
-    w.add_feed_forward_length(shape.intermediate_size)
-    w.add_head_count(shape.num_heads)
-    w.add_head_count_kv(shape.num_kv_heads)
-    w.add_layer_norm_rms_eps(shape.rms_norm_eps)
-    w.add_rope_freq_base(shape.rope_theta)
-    w.add_rope_dimension_count(shape.head_dim)
-    w.add_vocab_size(shape.vocab_size)
-    w.add_file_type(2)  # MOSTLY_Q4_0
+    write_shape(w, shape, name=f"random {name}", context=CONTEXT, file_type=2)  # 2: MOSTLY_Q4_0
     tok = make_tokenizer(shape.vocab_size)
     tokens = [tok.id_to_token(i) for i in range(shape.vocab_size)]
     bos, eos = special_ids(shape)

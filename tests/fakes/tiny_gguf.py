@@ -71,6 +71,22 @@ def expected_weights(weights: Mapping[str, np.ndarray], types: Mapping[str, QT])
     return out
 
 
+def write_shape(w: GGUFWriter, shape: LlamaShape, *, name: str, context: int, file_type: int) -> None:
+    """The model-shape metadata llama.cpp reads, from ``shape``."""
+    w.add_name(name)
+    w.add_context_length(context)
+    w.add_embedding_length(shape.hidden_size)
+    w.add_block_count(shape.num_layers)
+    w.add_feed_forward_length(shape.intermediate_size)
+    w.add_head_count(shape.num_heads)
+    w.add_head_count_kv(shape.num_kv_heads)
+    w.add_layer_norm_rms_eps(shape.rms_norm_eps)
+    w.add_rope_freq_base(shape.rope_theta)
+    w.add_rope_dimension_count(shape.head_dim)
+    w.add_vocab_size(shape.vocab_size)
+    w.add_file_type(file_type)
+
+
 def write_tiny_gguf(
     path: Path,
     shape: LlamaShape,
@@ -90,18 +106,7 @@ def write_tiny_gguf(
     ``extra_tensors`` are written as given (raw blocks, no permutation); ``configure`` may add
     metadata (rope scaling, ...)."""
     w = GGUFWriter(str(path), architecture)
-    w.add_name("Tiny Llama")
-    w.add_context_length(shape.max_position_embeddings)
-    w.add_embedding_length(shape.hidden_size)
-    w.add_block_count(shape.num_layers)
-    w.add_feed_forward_length(shape.intermediate_size)
-    w.add_head_count(shape.num_heads)
-    w.add_head_count_kv(shape.num_kv_heads)
-    w.add_layer_norm_rms_eps(shape.rms_norm_eps)
-    w.add_rope_freq_base(shape.rope_theta)
-    w.add_rope_dimension_count(shape.head_dim)
-    w.add_vocab_size(shape.vocab_size)
-    w.add_file_type(1)
+    write_shape(w, shape, name="Tiny Llama", context=shape.max_position_embeddings, file_type=1)
 
     model = json.loads(tokenizer.to_str())["model"]
     vocab: dict[str, int] = model["vocab"]
