@@ -139,6 +139,7 @@ def _human(n: int) -> str:
 async def ensure_default_model(rt: Runtime, out: IO[str] | None = None) -> str | None:
     """Install (if needed), activate and load the default model; returns its key, ``None`` on failure."""
     console = Console(out)
+    rt.pool.preparing = "the default model is being set up (downloaded or imported; the agent's log shows progress)"
     try:
         key = await _installed_key(rt, console)
         started = time.monotonic()
@@ -154,6 +155,8 @@ async def ensure_default_model(rt: Runtime, out: IO[str] | None = None) -> str |
         if not isinstance(exc, AgentError):
             log.exception("default model")
         return None
+    finally:
+        rt.pool.preparing = None
     console.say(f"ready: the OpenAI-compatible API is at {rt.http_url}/v1 (model {key})")
     # Unprefixed, so each command can be copied as it is.
     console.say("Try it:", plain=True)

@@ -97,6 +97,9 @@ class ModelPool:
         self._on_active = on_active
         self._active = active
         self._activating: str | None = None
+        self.preparing: str | None = None
+        """What the agent is doing to have a model active when none is yet (e.g. importing the
+        default model); requests that name no model are then told to retry, not that none exists."""
         self._slots: dict[str, _Slot] = {}
         self._failures: dict[str, str] = {}
         self._background: set[asyncio.Task[object]] = set()
@@ -123,6 +126,9 @@ class ModelPool:
         ``UnknownModelError`` (also when ``None`` and nothing is active) or ``ModelUnavailableError``."""
         if name is None:
             if self._active is None:
+                getting_ready = f"{self._activating} is loading" if self._activating else self.preparing
+                if getting_ready:
+                    raise LoadTimeoutError(f"No model is active yet: {getting_ready}; retry shortly", retry_after=5)
                 raise UnknownModelError(None)
             return self.catalog.resolve(self._active)
         return self.catalog.resolve(name)

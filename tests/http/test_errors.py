@@ -108,6 +108,15 @@ async def test_no_active_model_is_404(app_for: AppFor) -> None:
     assert error["code"] == "model_not_found" and "No model is active" in error["message"]
 
 
+async def test_no_active_model_while_one_is_set_up_is_503(app_for: AppFor) -> None:
+    app, world = app_for(active=None)
+    world.pool.preparing = "the default model is being set up"
+    response = await app.test_client().post("/v1/chat/completions", json={"messages": HI})
+    error = await error_of(response, 503)
+    assert error["code"] == "model_loading" and "the default model is being set up" in error["message"]
+    assert int(response.headers["Retry-After"]) >= 1
+
+
 async def test_context_too_long(client: Client) -> None:
     long = [{"role": "user", "content": "The capital of France is Paris. " * 60}]
     for stream in (False, True):

@@ -60,6 +60,25 @@ async def test_unknown_model(worlds: Worlds) -> None:
         await no_active.pool.acquire(None)
 
 
+async def test_no_active_model_yet_says_retry(worlds: Worlds, models: Models) -> None:
+    """While the agent sets a model up (the quickstart's import) or loads the first one, a request
+    that names no model is told to retry (503 + Retry-After), not that no model exists."""
+    world = worlds(active=None)
+    world.pool.preparing = "the default model is being set up"
+    with pytest.raises(LoadTimeoutError, match="No model is active yet: the default model is being set up") as info:
+        await world.pool.acquire(None)
+    assert info.value.retry_after >= 1
+    world.pool.preparing = None
+    world.loader.load_s = 0.5
+    activation = asyncio.ensure_future(world.pool.activate(models.a.key))
+    await until(lambda: world.pool.status().activating == models.a.key)
+    with pytest.raises(LoadTimeoutError, match=f"{models.a.key} is loading"):
+        await world.pool.acquire(None)
+    await activation
+    world.loader.load_s = 0
+    assert await reply_of(world, None) == (models.a.key, REPLY_A)
+
+
 async def test_concurrent_requests_share_one_load(worlds: Worlds, models: Models) -> None:
     world = worlds()
     world.loader.load_s = 0.3
