@@ -30,7 +30,6 @@ from onnx import TensorProto
 
 from agent.convert.attention import AttentionLayout, DecoderInputs, FusedAttention, OptimumAttention, ProjectedQKV
 from agent.convert.graph_builder import MS_DOMAIN, GraphBuilder
-from agent.engine.contract import KV_BUFFER_METADATA, KV_BUFFER_SHARED
 from agent.convert.linear import AUTO_ACCURACY, EXACT_INPUT_ACCURACY, AccuracyLevel, LinearEmitter
 from agent.convert.llama_shape import LlamaShape
 from agent.convert.quantize import BlockQuantized
@@ -46,6 +45,7 @@ from agent.convert.weight_forms import (
     prepare_weight,
     shares_head_codes,
 )
+from agent.engine.contract import KV_BUFFER_METADATA, KV_BUFFER_SHARED
 
 __all__ = ["QUANT_FILES", "LlamaShape", "Quant", "Weight", "build_llama_model", "write_llama_onnx"]
 

@@ -112,9 +112,25 @@ def _last_logits(logits: np.ndarray) -> np.ndarray:
 
 
 class _CacheRunner:
-    """What both cached runners share: the token ids in the cache, and a failed step forgets it."""
+    """What both cached runners share: the small per-step inputs, the token ids in the cache, the
+    prefill chunk size, and a failed step forgets the cache."""
 
-    _tokens: list[int]
+    def __init__(self, session: ort.InferenceSession, contract: GraphContract, context_length: int) -> None:
+        assert contract.attention_mask_dtype is not None
+        self._session = session
+        self._contract = contract
+        self._binding = session.io_binding()
+        self._mask = np.ones((1, context_length), dtype=contract.attention_mask_dtype)
+        pos_dtype = contract.position_ids_dtype or np.int64
+        self._positions = np.arange(context_length, dtype=pos_dtype).reshape(1, context_length)
+        self._keep = _keep_one(contract)
+        self._tokens: list[int] = []
+        """The token ids whose keys and values are in the cache."""
+        self.past_length = 0
+        self.max_chunk = context_length
+
+    def set_vocab(self, vocab: int) -> None:
+        self.max_chunk = prefill_chunk(self._contract, vocab)
 
     def reset(self) -> None:
         raise NotImplementedError
@@ -153,8 +169,7 @@ class CachedRunner(_CacheRunner):
     ) -> None:
         """``use_binding``: feed the cache through an I/O binding (default: only on CUDA, where it
         keeps the cache on the GPU); otherwise ``run_with_ort_values``."""
-        self._session = session
-        self._contract = contract
+        super().__init__(session, contract, context_length)
         provider = session.get_providers()[0]
         # DirectML outputs could stay on the device too; binding them there is untested, so they
         # come back to the CPU, which is correct but slower.
@@ -171,25 +186,12 @@ class CachedRunner(_CacheRunner):
         self._use_binding = (self._kv_device != "cpu" or not raw_ok) if use_binding is None else use_binding
         self._arrays: list[np.ndarray] = []
         """numpy buffers behind cache values made here (C OrtValues do not keep them alive)."""
-        self._binding = session.io_binding()
         self._output_names = [contract.logits_name, *(spec.output_name for spec in contract.kv)]
-        assert contract.attention_mask_dtype is not None
-        self._mask = np.ones((1, context_length), dtype=contract.attention_mask_dtype)
-        pos_dtype = contract.position_ids_dtype or np.int64
-        self._positions = np.arange(context_length, dtype=pos_dtype).reshape(1, context_length)
         self._empty = {
             spec.input_name: np.zeros((1, spec.num_heads, 0, spec.head_dim), dtype=spec.dtype)
             for spec in contract.kv
         }
-        self._keep = _keep_one(contract)
         self._past: list[Any] = []
-        self._tokens: list[int] = []
-        """The token ids whose keys and values are in ``_past``."""
-        self.past_length = 0
-        self.max_chunk = context_length
-
-    def set_vocab(self, vocab: int) -> None:
-        self.max_chunk = prefill_chunk(self._contract, vocab)
 
     def reset(self) -> None:
         self._past = []
@@ -295,30 +297,18 @@ class KVBufferRunner(_CacheRunner):
     """
 
     def __init__(self, session: ort.InferenceSession, contract: GraphContract, context_length: int) -> None:
-        assert contract.attention_mask_dtype is not None
-        self._session = session
-        self._contract = contract
+        super().__init__(session, contract, context_length)
         self._context = context_length
-        self._binding = session.io_binding()
-        self._mask = np.ones((1, context_length), dtype=contract.attention_mask_dtype)
-        self._positions = np.arange(context_length, dtype=contract.position_ids_dtype or np.int64).reshape(1, -1)
-        self._keep = _keep_one(contract)
         # An initializer-backed logits_to_keep already holds 1 (see open_session) and cannot be
         # bound; only a required input of that name is fed.
         self._feed_keep = contract.logits_to_keep is not None and contract.logits_to_keep[0] in {
             i.name for i in session.get_inputs()
         }
         self._buffers: list[np.ndarray] = []
-        self._tokens: list[int] = []
-        self.past_length = 0
-        self.max_chunk = context_length
         width = next((o.shape[-1] for o in session.get_outputs() if o.name == contract.logits_name), None)
         self._logits = np.zeros((1, 1, width), np.float32) if isinstance(width, int) and width > 0 else None
         """Where the last position's logits land (the graph keeps one position), when the width is
         known; otherwise onnxruntime allocates them on every step."""
-
-    def set_vocab(self, vocab: int) -> None:
-        self.max_chunk = prefill_chunk(self._contract, vocab)
 
     @property
     def capacity(self) -> int:
