@@ -471,6 +471,16 @@ def prompts(shape: LlamaShape, reps: int) -> list[list[int]]:
     return [[bos, *rng.integers(256, bos, PROMPT_LEN - 1).tolist()] for _ in range(reps + 1)]
 
 
+def timed_prompts(shape: LlamaShape, reps: int, budget: float, runs: list[dict[str, Any]]) -> Iterator[tuple[bool, list[int]]]:
+    """The prompts to decode, each with whether it is the warm-up (the first, not recorded); stops
+    once ``MIN_REPS`` runs are recorded and the decode phase has used ``budget`` seconds."""
+    decode_started = time.monotonic()
+    for i, ids in enumerate(prompts(shape, reps)):
+        if len(runs) >= MIN_REPS and time.monotonic() - decode_started > budget:
+            return
+        yield i == 0, ids
+
+
 def child_onnx(
     folder: Path, shape: LlamaShape, tokens: int, reps: int, threads: int, budget: float
 ) -> dict[str, Any]:
@@ -496,10 +506,7 @@ def child_onnx(
 
     runner.forward = timed_forward  # type: ignore[method-assign]
     runs: list[dict[str, Any]] = []
-    decode_started = time.monotonic()
-    for i, ids in enumerate(prompts(shape, reps)):
-        if len(runs) >= MIN_REPS and time.monotonic() - decode_started > budget:
-            break
+    for warm_up, ids in timed_prompts(shape, reps, budget, runs):
         n, first, last = 0, 0.0, 0.0
         cpu0 = time.process_time()
         in_forward[0] = 0.0
@@ -510,8 +517,8 @@ def child_onnx(
                 n += 1
                 first = first or now
                 last = now
-        if i == 0:
-            continue  # warm-up
+        if warm_up:
+            continue
         stats = model.last_stats
         runs.append({
             "tokens": n, "tok_s": (n - 1) / (last - first), "engine_stats_tok_s": stats.decode_tokens_per_s,
@@ -540,10 +547,7 @@ def child_llama(
     rss_loaded = rss_mb()
     _, eos = special_ids(shape)
     runs: list[dict[str, Any]] = []
-    decode_started = time.monotonic()
-    for i, ids in enumerate(prompts(shape, reps)):
-        if len(runs) >= MIN_REPS and time.monotonic() - decode_started > budget:
-            break
+    for warm_up, ids in timed_prompts(shape, reps, budget, runs):
         n, first, last = 0, 0.0, 0.0
         t0 = time.perf_counter()
         cpu0 = time.process_time()
@@ -556,7 +560,7 @@ def child_llama(
             last = now
             if n >= tokens:
                 break
-        if i == 0:
+        if warm_up:
             continue
         runs.append({"tokens": n, "tok_s": (n - 1) / (last - first), "prefill_s": first - t0,
                      "loadavg1": os.getloadavg()[0],
