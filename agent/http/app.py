@@ -33,6 +33,7 @@ from hypercorn.config import Config
 from quart import Blueprint, Quart, Response, request
 
 from agent.http.access import is_loopback, split_host
+from agent.http.body import finish_body
 from agent.http.errors import ApiError, register_error_handlers
 from agent.http.openapi import openapi_document
 from agent.http.openai_routes import blueprint as openai_blueprint
@@ -89,6 +90,7 @@ def create_app(pool: ModelPool, settings: Settings, *, extra_blueprints: Sequenc
     for bp in extra_blueprints:
         app.register_blueprint(bp)
     app.after_request(_cors)
+    app.after_request(finish_body)  # an early refusal must not cost the client its connection
     register_error_handlers(app)
     return app
 

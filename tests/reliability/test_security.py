@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ast
 import json
+import re
+import socket
 import stat
+import time
 from pathlib import Path
 
 import httpx
@@ -88,6 +91,53 @@ def test_a_rebinding_host_never_reaches_the_api(live: AgentProcess) -> None:
                 assert "Host" in answer.text
         for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}", f"127.0.0.2:{port}"):
             assert http.get("/v1/models", headers={"Host": host}).status_code == 200, host
+
+
+def _raw_http(port: int, data: bytes, *, then: bytes = b"", answers: int = 1) -> list[bytes]:
+    """Send ``data`` (then, after a pause, ``then``) on one connection; the raw answers, in order."""
+    found: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(data)
+        if then:
+            time.sleep(0.3)  # lets an answer to the headers alone go out first (it must not, see below)
+            sock.sendall(then)
+        buffer = b""
+        while len(found) < answers:
+            head, sep, rest = buffer.partition(b"\r\n\r\n")
+            if sep:
+                length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+                if len(rest) >= length:
+                    found.append(head + sep + rest[:length])
+                    buffer = rest[length:]
+                    continue
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buffer += chunk
+    return found
+
+
+@case(area="security", case="a refused request with a body keeps its connection usable",
+      did="POST /v1/chat/completions with Host: evil.example, its body sent 0.3 s after the headers, then GET /health "
+          "on the same keep-alive connection; a refused POST whose Content-Length exceeds http.max_body_bytes",
+      outcome="403 once the body is in, then the next request's answer on the same connection (Hypercorn used to close "
+              "it right after an early 403, and the client's next request got no answer); an unreadable body gets "
+              "Connection: close with its 403")
+def test_a_refused_request_does_not_cost_the_connection(live: AgentProcess) -> None:
+    port = live.ports[0]
+    body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: evil.example:{port}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    health = f"GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
+    answers = _raw_http(port, head, then=body + health, answers=2)
+    assert len(answers) == 2, answers
+    assert answers[0].startswith(b"HTTP/1.1 403") and b"forbidden_host" in answers[0], answers[0][:300]
+    assert answers[1].startswith(b"HTTP/1.1 200") and b'"status":"ok"' in answers[1].replace(b" ", b""), answers[1][:300]
+
+    huge = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: evil.example\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {1 << 40}\r\n\r\n").encode()
+    (refused,) = _raw_http(port, huge + b"{")
+    assert refused.startswith(b"HTTP/1.1 403") and re.search(rb"(?im)^connection:\s*close", refused), refused[:300]
 
 
 @case(area="security", case="CORS only for configured origins",
