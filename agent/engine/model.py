@@ -7,8 +7,10 @@ the cache that an older, unfinished iterator was using.
 
 The cache outlives a generation: a prompt that begins with the previous prompt and reply (the next
 turn of a chat) re-runs only its new tokens (``last_stats.reused_tokens`` says how many were kept).
-Reused keys/values were computed in a differently shaped batch, so logits can differ in the last
-bits from a cold run; a seed repeats its text except where such a difference flips a near-tie.
+Reused keys/values were computed in a differently shaped batch (and the kernels for one row and for
+many round differently), so logits can differ in the last bits from a cold run, enough to flip a
+sampled draw now and then. A request with a ``seed`` therefore runs its whole prompt afresh: the same
+seed, model, prompt and settings give the same tokens, streaming or not, whatever ran before.
 """
 
 from __future__ import annotations
@@ -141,6 +143,8 @@ class OnnxChatModel:
             raise InvalidRequestError("max_tokens must be at least 1")
         max_new = room if params.max_tokens is None else min(params.max_tokens, room)
         plan = resolve_sampling(params, self.config.generation)
+        if params.seed is not None:
+            runner.reset()  # reproducible: no reuse of a cache computed in other batch shapes (see above)
         self.last_stats = DecodeStats()
         return run_decode(
             runner=runner,

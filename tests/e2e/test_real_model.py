@@ -87,6 +87,35 @@ def test_the_openai_client(smol: Smol) -> None:
         client.close()
 
 
+@pytest.mark.parametrize("temperature", [0.7, 1.0, 1.2])
+def test_a_seed_repeats_its_answer_streaming_or_not(smol: Smol, temperature: float) -> None:
+    """The same seed, model, prompt and settings give the same text, whatever ran in between (a
+    reused prompt cache once flipped draws: the kernels round differently for one row and for many)."""
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{smol.agent.http_url}/v1", api_key="anything", max_retries=0, timeout=300)
+    story = [{"role": "user", "content": "Tell me a short story about a cat."}]
+    settings = {"model": KEY, "temperature": temperature, "top_p": 0.95, "max_tokens": 48, "seed": 1234}
+
+    def ask(stream: bool) -> str:
+        if not stream:
+            return client.chat.completions.create(messages=story, **settings).choices[0].message.content or ""  # type: ignore[call-overload, arg-type]
+        chunks = client.chat.completions.create(messages=story, stream=True, **settings)  # type: ignore[call-overload, arg-type]
+        return "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+
+    try:
+        first = ask(stream=False)
+        assert first
+        again = ask(stream=False)  # the cache now holds this very prompt and an answer
+        # Another conversation that starts the same way and goes on, unseeded, in between.
+        longer = [*story, {"role": "assistant", "content": first}, {"role": "user", "content": "And then?"}]
+        client.chat.completions.create(model=KEY, messages=longer, temperature=temperature, max_tokens=16)  # type: ignore[arg-type]
+        streamed = ask(stream=True)
+        assert (again, streamed) == (first, first)
+    finally:
+        client.close()
+
+
 def test_hflocal_chat_through_a_pipe(smol: Smol) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cli.main", "chat", "--temperature", "0"], input=f"{QUESTION}\n",

@@ -286,6 +286,24 @@ def test_a_following_prompt_reuses_the_cached_prefix(tiny: TinyModel) -> None:
     assert model.last_stats.reused_tokens == 0
 
 
+def test_a_seeded_request_runs_its_prompt_afresh(tiny: TinyModel) -> None:
+    """A seed asks for the same tokens every time: the prompt is not taken from a cache that other
+    batch shapes computed (whose last bits differ and can flip a draw); unseeded requests still reuse it."""
+    from agent.engine.model import load_model
+
+    model = load_model(tiny.path, quantization="fp32", device="cpu")
+    prompt = model.encode_chat([{"role": "user", "content": "Hello world"}])
+    seeded = {"temperature": 1.0, "seed": 42, "max_tokens": 8}
+    first = token_ids(run(model, prompt, **seeded))
+    assert model.last_stats.reused_tokens == 0
+    run(model, prompt, max_tokens=3)
+    assert model.last_stats.reused_tokens == len(prompt) - 1
+    assert token_ids(run(model, prompt, **seeded)) == first
+    assert model.last_stats.reused_tokens == 0
+    run(model, prompt, max_tokens=3)
+    assert model.last_stats.reused_tokens == len(prompt) - 1
+
+
 def test_a_prompt_too_long_to_ever_fit_is_refused_before_tokenizing(tiny_model: OnnxChatModel) -> None:
     context = tiny_model.info.context_length
     hopeless = "a" * (tiny_model.tokenizer.max_token_chars * (context + 1))
