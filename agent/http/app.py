@@ -38,6 +38,7 @@ from agent.http.errors import ApiError, register_error_handlers
 from agent.http.openapi import openapi_document
 from agent.http.openai_routes import blueprint as openai_blueprint
 from agent.http.openai_routes import json_response
+from agent.http.responses_api_routes import blueprint as responses_api_blueprint
 from agent.http.state import EXTENSION, HttpState, state
 from agent.pool import ModelPool
 from agent.settings import Settings
@@ -88,6 +89,7 @@ def create_app(pool: ModelPool, settings: Settings, *, extra_blueprints: Sequenc
     app.before_request(_check_host)
     app.register_blueprint(openai_blueprint, url_prefix="/v1")
     app.register_blueprint(anthropic_blueprint, url_prefix="/v1")
+    app.register_blueprint(responses_api_blueprint, url_prefix="/v1")
     for bp in extra_blueprints:
         app.register_blueprint(bp)
     app.after_request(_cors)
