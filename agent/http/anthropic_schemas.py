@@ -29,7 +29,7 @@ class CacheControl(_Strict, kw_only=True):
     ttl: str | None = None
 
 
-class Block(_Strict, kw_only=True):
+class ContentBlock(_Strict, kw_only=True):
     """One content block. Which fields apply depends on ``type``; ``check`` refuses the rest."""
 
     type: str
@@ -42,7 +42,7 @@ class Block(_Strict, kw_only=True):
     input: Any = None
     # tool_result (user)
     tool_use_id: str | None = None
-    content: str | list[Block] | None = None
+    content: str | list[ContentBlock] | None = None
     is_error: bool | None = None
     # thinking / redacted_thinking (assistant, dropped like Anthropic drops earlier turns' thinking)
     thinking: str | None = None
@@ -54,13 +54,13 @@ class Block(_Strict, kw_only=True):
     context: str | None = None
 
 
-class Message(_Strict, kw_only=True):
+class AnthropicMessage(_Strict, kw_only=True):
     role: Literal["user", "assistant", "system"]
     """``system`` inside ``messages`` is Claude Code's mid-conversation system beta."""
-    content: str | list[Block]
+    content: str | list[ContentBlock]
 
 
-class Tool(_Strict, kw_only=True):
+class AnthropicTool(_Strict, kw_only=True):
     name: Annotated[str, Meta(min_length=1, max_length=128)]
     input_schema: dict[str, Any] | None = None
     description: str | None = None
@@ -81,7 +81,7 @@ class Thinking(_Strict, kw_only=True):
     display: str | None = None
 
 
-class Metadata(_Strict, kw_only=True):
+class AnthropicMetadata(_Strict, kw_only=True):
     user_id: str | None = None
 
 
@@ -103,9 +103,9 @@ class _Prompt(_Strict, kw_only=True):
     """What both endpoints take: the conversation and its tools."""
 
     model: str | None = None
-    messages: Annotated[list[Message], Meta(min_length=1)]
-    system: str | list[Block] | None = None
-    tools: list[Tool] | None = None
+    messages: Annotated[list[AnthropicMessage], Meta(min_length=1)]
+    system: str | list[ContentBlock] | None = None
+    tools: list[AnthropicTool] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
     context_management: ContextManagement | None = None
@@ -119,7 +119,7 @@ class MessagesRequest(_Prompt, kw_only=True):
     temperature: Annotated[float, Meta(ge=0, le=1)] | None = None
     top_p: Annotated[float, Meta(ge=0, le=1)] | None = None
     top_k: Annotated[int, Meta(ge=0)] | None = None
-    metadata: Metadata | None = None
+    metadata: AnthropicMetadata | None = None
     stream: bool | None = None
     service_tier: Literal["auto", "standard_only"] | None = None
     container: Any = None
@@ -150,7 +150,7 @@ def _check_options(req: _Prompt) -> None:
         raise invalid_request("container is not supported by hflocal", param="container")
 
 
-def _text_of(blocks: str | list[Block], where: str, *, allow_tools: bool = False) -> str:
+def _text_of(blocks: str | list[ContentBlock], where: str, *, allow_tools: bool = False) -> str:
     """The text of a system prompt or tool result (text blocks only)."""
     if isinstance(blocks, str):
         return blocks
@@ -165,14 +165,14 @@ def _text_of(blocks: str | list[Block], where: str, *, allow_tools: bool = False
     return "\n".join(parts)
 
 
-def _refuse_media(block: Block, param: str) -> None:
+def _refuse_media(block: ContentBlock, param: str) -> None:
     if block.type == "image":
         raise invalid_request("this model does not accept images", param=param)
     if block.type in ("document", "search_result", "container_upload"):
         raise invalid_request(f"{block.type} blocks are not supported by hflocal", param=param)
 
 
-def _refuse_citations(block: Block, param: str) -> None:
+def _refuse_citations(block: ContentBlock, param: str) -> None:
     if block.citations:
         raise invalid_request("citations are not supported by hflocal", param=f"{param}.citations")
 
@@ -196,7 +196,7 @@ def _messages(req: _Prompt) -> list[schemas.ChatMessage]:
     return out
 
 
-def _assistant(blocks: list[Block], where: str) -> schemas.ChatMessage:
+def _assistant(blocks: list[ContentBlock], where: str) -> schemas.ChatMessage:
     texts: list[str] = []
     calls: list[schemas.ToolCall] = []
     for j, block in enumerate(blocks):
@@ -217,8 +217,8 @@ def _assistant(blocks: list[Block], where: str) -> schemas.ChatMessage:
     return schemas.ChatMessage(role="assistant", content="".join(texts), tool_calls=calls or None)
 
 
-def _user(blocks: list[Block], where: str) -> list[schemas.ChatMessage]:
-    """Tool results become ``tool`` messages; runs of text blocks become user messages, in order."""
+def _user(blocks: list[ContentBlock], where: str) -> list[schemas.ChatMessage]:
+    """AnthropicTool results become ``tool`` messages; runs of text blocks become user messages, in order."""
     out: list[schemas.ChatMessage] = []
     texts: list[str] = []
 

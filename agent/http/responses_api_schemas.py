@@ -34,7 +34,7 @@ class _Strict(Struct, kw_only=True, forbid_unknown_fields=True):
     """OpenAI refuses fields it does not know ("Unknown parameter"); so do we."""
 
 
-class ContentPart(_Strict, kw_only=True):
+class InputContentPart(_Strict, kw_only=True):
     type: str
     text: str | None = None
     annotations: list[Any] | None = None
@@ -50,7 +50,7 @@ class ContentPart(_Strict, kw_only=True):
     input_audio: Any = None
 
 
-class Item(_Strict, kw_only=True):
+class InputItem(_Strict, kw_only=True):
     """One input item: a message (``type`` may be left out), a ``function_call`` or a
     ``function_call_output``. Which fields apply depends on the kind; ``check`` refuses the rest."""
 
@@ -59,13 +59,13 @@ class Item(_Strict, kw_only=True):
     status: str | None = None
     # message
     role: Literal["user", "assistant", "system", "developer"] | None = None
-    content: str | list[ContentPart] | None = None
+    content: str | list[InputContentPart] | None = None
     phase: str | None = None
     # function_call / function_call_output
     call_id: str | None = None
     name: str | None = None
     arguments: str | None = None
-    output: str | list[ContentPart] | None = None
+    output: str | list[InputContentPart] | None = None
     namespace: str | None = None
     # reasoning (refused)
     summary: list[Any] | None = None
@@ -105,13 +105,13 @@ class Reasoning(_Strict, kw_only=True):
     generate_summary: str | None = None
 
 
-class StreamOptions(_Strict, kw_only=True):
+class ResponsesStreamOptions(_Strict, kw_only=True):
     include_obfuscation: bool | None = None
 
 
 class ResponsesRequest(_Strict, kw_only=True):
     model: str | None = None
-    input: str | list[Item]
+    input: str | list[InputItem]
     instructions: str | None = None
     max_output_tokens: Annotated[int, Meta(ge=1)] | None = None
     temperature: Annotated[float, Meta(ge=0, le=2)] | None = None
@@ -121,7 +121,7 @@ class ResponsesRequest(_Strict, kw_only=True):
     parallel_tool_calls: bool | None = None
     text: TextOptions | None = None
     stream: bool | None = None
-    stream_options: StreamOptions | None = None
+    stream_options: ResponsesStreamOptions | None = None
     store: bool | None = None
     previous_response_id: str | None = None
     conversation: Any = None
@@ -166,7 +166,7 @@ def _check_options(req: ResponsesRequest) -> None:
             raise invalid_request(f"include '{value}' is not supported by hflocal", param=f"include[{i}]")
 
 
-def _text(content: str | list[ContentPart] | None, where: str, allowed: tuple[str, ...]) -> str:
+def _text(content: str | list[InputContentPart] | None, where: str, allowed: tuple[str, ...]) -> str:
     if content is None:
         return ""
     if isinstance(content, str):
