@@ -30,15 +30,16 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 
 
 @blueprint.before_request
-async def _require_api_key() -> None:
-    """With an API key configured, every ``/v1`` route needs ``Authorization: Bearer <key>``."""
+async def require_api_key() -> None:
+    """With an API key configured, every ``/v1`` route needs ``Authorization: Bearer <key>`` or
+    ``x-api-key: <key>`` (Anthropic's header; the other ``/v1`` blueprints use this check too)."""
     key = state().api_key
     if key is None or request.method == "OPTIONS":
         return
     header = request.headers.get("Authorization", "")
-    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    given = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "").strip()
     if not hmac.compare_digest(given.encode(), key.encode()):
-        raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+        raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                        code="invalid_api_key")
 
 

@@ -20,13 +20,14 @@ from typing import Any
 
 import msgspec
 
-from agent.http import schemas
+from agent.http import anthropic_schemas, responses_api_schemas, schemas
 from agent.variants import DEVICE_ALIASES, DEVICES, MODEL_ID_PATTERN, QUANTIZATIONS
 from ipc import messages as m
 
 REF = "#/components/schemas/{name}"
 
-_OPENAI_NAMES = {"ChatCompletionRequest": "CreateChatCompletionRequest", "CompletionRequest": "CreateCompletionRequest"}
+_OPENAI_NAMES = {"ChatCompletionRequest": "CreateChatCompletionRequest", "CompletionRequest": "CreateCompletionRequest",
+                 "ResponsesRequest": "CreateResponse"}
 """Our Struct names → the names OpenAI's spec gives the same bodies."""
 
 _PROTOCOL_FIELDS = ("type", "id", "token", "protocol")
@@ -78,7 +79,8 @@ def _strip_protocol(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _components() -> dict[str, Any]:
-    body_structs = [schemas.ChatCompletionRequest, schemas.CompletionRequest]
+    body_structs = [schemas.ChatCompletionRequest, schemas.CompletionRequest, anthropic_schemas.MessagesRequest,
+                    anthropic_schemas.CountTokensRequest, responses_api_schemas.ResponsesRequest]
     result_structs = [m.StatusResult, m.SearchResult, m.ModelFilesResult, m.InstalledResult, m.JobAccepted,
                       m.Cancelled, m.Deleted, m.HardwareInfo]
     _, found = msgspec.json.schema_components([*body_structs, *result_structs, m.Download, m.Activate],
@@ -116,6 +118,22 @@ def _components() -> dict[str, Any]:
                                      "properties": {"id": {"type": "string"}, "object": {"enum": ["text_completion"]},
                                                     "created": {"type": "integer"}, "model": {"type": "string"},
                                                     "choices": {"type": "array"}, "usage": {"type": "object"}}},
+        "AnthropicMessageResponse": {"type": "object", "required": ["id", "type", "role", "model", "content", "stop_reason", "usage"],
+                                     "properties": {"id": {"type": "string"}, "type": {"enum": ["message"]},
+                                                    "role": {"enum": ["assistant"]}, "model": {"type": "string"},
+                                                    "content": {"type": "array", "items": {"type": "object"}},
+                                                    "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use"]},
+                                                    "stop_sequence": nullable_str, "usage": {"type": "object"}}},
+        "AnthropicTokenCount": {"type": "object", "required": ["input_tokens"], "properties": {"input_tokens": {"type": "integer"}}},
+        "AnthropicErrorResponse": {"type": "object", "required": ["type", "error"], "properties": {
+            "type": {"enum": ["error"]}, "error": {"type": "object", "required": ["type", "message"], "properties": {
+                "type": {"type": "string"}, "message": {"type": "string"}}}}},
+        "Response": {"type": "object", "required": ["id", "object", "created_at", "status", "model", "output"],
+                     "properties": {"id": {"type": "string"}, "object": {"enum": ["response"]},
+                                    "created_at": {"type": "integer"},
+                                    "status": {"enum": ["completed", "incomplete", "in_progress", "failed"]},
+                                    "model": {"type": "string"}, "output": {"type": "array", "items": {"type": "object"}},
+                                    "usage": {"anyOf": [{"type": "object"}, {"type": "null"}]}}},
         "Health": {"type": "object", "required": ["status", "version"], "properties": {
             "status": {"enum": ["ok"]}, "model": nullable_str, "model_state": {"type": "string"},
             "port": {"type": "integer"}, "queue_depth": {"type": "integer"}, "version": {"type": "string"}}},
@@ -125,13 +143,31 @@ def _components() -> dict[str, Any]:
     return comps
 
 
-def _generation(op_id: str, summary: str, body: str, answer: str) -> dict[str, Any]:
+NAMED_EVENT = {"type": "object", "required": ["event", "data"],
+               "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}
+"""One server-sent event with an ``event:`` name (Anthropic's and the Responses API's streams)."""
+
+
+def _generation(op_id: str, summary: str, body: str, answer: str, *, named_events: bool = False) -> dict[str, Any]:
     ok = _json(answer)
-    ok["content"]["text/event-stream"] = {"schema": {"type": "string"}}
+    ok["content"]["text/event-stream"] = {"schema": NAMED_EVENT if named_events else {"type": "string"}}
     return {"post": {
         "operationId": op_id, "tags": ["OpenAI"], "summary": summary, "security": [{"apiKey": []}, {}],
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name=body)}}}},
         "responses": {"200": ok, **_openai_errors(*_V1_ERRORS, 415)},
+    }}
+
+
+def _anthropic(op_id: str, summary: str, body: str, answer: str, *, stream: bool) -> dict[str, Any]:
+    ok = _json(answer)
+    if stream:
+        ok["content"]["text/event-stream"] = {"schema": NAMED_EVENT}
+    errors = {str(s): _json("AnthropicErrorResponse", "Error (Anthropic's shape)") for s in (*_V1_ERRORS, 415)}
+    return {"post": {
+        "operationId": op_id, "tags": ["Anthropic"], "summary": summary,
+        "security": [{"apiKey": []}, {"anthropicKey": []}, {}],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name=body)}}}},
+        "responses": {"200": ok, **errors},
     }}
 
 
@@ -173,6 +209,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                                             "CreateChatCompletionRequest", "CreateChatCompletionResponse"),
         "/v1/completions": _generation("createCompletion", "A text completion, streamed (SSE) or not.",
                                        "CreateCompletionRequest", "CreateCompletionResponse"),
+        "/v1/messages": _anthropic("createMessage", "Anthropic Messages API: a message, streamed (SSE) or not.",
+                                   "MessagesRequest", "AnthropicMessageResponse", stream=True),
+        "/v1/messages/count_tokens": _anthropic("countMessageTokens", "Prompt tokens of a Messages request.",
+                                                "CountTokensRequest", "AnthropicTokenCount", stream=False),
+        "/v1/responses": _generation("createResponse", "OpenAI Responses API, stateless: a response, streamed (SSE) or not.",
+                                     "CreateResponse", "Response", named_events=True),
         "/api/status": {"get": _api_get("status", "What the agent is doing.", "StatusResult")},
         "/api/search": {"get": _api_get("search", "ONNX text-generation models on the Hub.", "SearchResult", [
             _param("q", "query", {"type": "string"}), _param("limit", "query", LIMIT)])},
@@ -199,6 +241,8 @@ def openapi_document(version: str) -> dict[str, Any]:
             "schemas": _components(),
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "http.api_key or HFLOCAL_API_KEY, when set"},
+                "anthropicKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
+                                 "description": "the same key, as Anthropic's clients send it"},
                 "agentToken": {"type": "http", "scheme": "bearer", "description": "the token in agent.json (or the page's cookie)"},
             },
         },

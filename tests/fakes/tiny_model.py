@@ -88,7 +88,7 @@ def train_tokenizer(vocab_size: int = 400) -> Tokenizer:
     return tok
 
 
-def tiny_shape(vocab_size: int, *, tie_word_embeddings: bool = True) -> LlamaShape:
+def tiny_shape(vocab_size: int, *, tie_word_embeddings: bool = True, context: int = MAX_POSITIONS) -> LlamaShape:
     return LlamaShape(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -99,7 +99,7 @@ def tiny_shape(vocab_size: int, *, tie_word_embeddings: bool = True) -> LlamaSha
         head_dim=16,
         rms_norm_eps=1e-5,
         rope_theta=10000.0,
-        max_position_embeddings=MAX_POSITIONS,
+        max_position_embeddings=context,
         tie_word_embeddings=tie_word_embeddings,
     )
 
@@ -163,23 +163,26 @@ def build_tiny_repo(
     *,
     reply: str | None = None,
     tie_word_embeddings: bool | None = None,
+    context: int = MAX_POSITIONS,
 ) -> TinyModel:
     """Write the repo folder at ``dest`` (created if needed) and describe it.
 
     ``reply``: build the scripted model (untied lm_head) whose greedy answer to any ChatML prompt is
     ``reply`` then ``<|im_end|>``; ``TinyModel.reply_ids`` holds the expected ids (without eos).
+    ``context``: the model's context length (agent clients send prompts of thousands of tokens).
     """
     dest = Path(dest)
     tokenizer = train_tokenizer()
     vocab = tokenizer.get_vocab_size()
     reply_ids: tuple[int, ...] | None = None
     if reply is None:
-        shape = tiny_shape(vocab, tie_word_embeddings=True if tie_word_embeddings is None else tie_word_embeddings)
+        shape = tiny_shape(vocab, tie_word_embeddings=True if tie_word_embeddings is None else tie_word_embeddings,
+                           context=context)
         weights = random_weights(shape, seed)
     else:
         if tie_word_embeddings:
             raise ValueError("the scripted model needs an untied lm_head")
-        shape = tiny_shape(vocab, tie_word_embeddings=False)
+        shape = tiny_shape(vocab, tie_word_embeddings=False, context=context)
         reply_ids = tuple(tokenizer.encode(reply, add_special_tokens=False).ids)
         trigger = tokenizer.encode(ASSISTANT_HEADER, add_special_tokens=False).ids[-1]
         weights = scripted_weights(shape, [trigger, *reply_ids, IM_END_ID], seed)
@@ -192,7 +195,7 @@ def build_tiny_repo(
         unk_token="<|endoftext|>",
         add_bos_token=False,
         chat_template=CHAT_TEMPLATE,
-        model_max_length=MAX_POSITIONS,
+        model_max_length=context,
     )
     write_tokenizer_files(dest, tokenizer, spec)
     files = {q: write_llama_onnx(shape, weights, dest, q) for q in quants}
