@@ -142,4 +142,8 @@ class LoadedModel(Protocol):
 
 
 class ModelLoader(Protocol):
-    def __call__(self, path: Path, *, quantization: str, device: str, threads: int = 0) -> LoadedModel: ...
+    def __call__(
+        self, path: Path, *, quantization: str, device: str, threads: int = 0, kind: str = "chat"
+    ) -> LoadedModel:
+        """Load the variant in ``path``; ``kind`` (``chat`` | ``embed``) picks the engine."""
+        ...
