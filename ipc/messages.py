@@ -203,6 +203,8 @@ class ModelSummary(Message, kw_only=True):
 class SearchResult(Message, kw_only=True):
     query: str
     models: list[ModelSummary]
+    kind: str = "chat"
+    """The kind that was searched for."""
 
 
 class QuantOption(Message, kw_only=True):

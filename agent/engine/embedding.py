@@ -37,7 +37,14 @@ from tokenizers import Tokenizer
 from agent.engine.embedding_config import EmbeddingConfig, read_embedding_config
 from agent.engine.model_files import onnx_path
 from agent.engine.session import CPU, open_session
-from agent.engine.types import InvalidRequestError, ModelInfo, ModelLoadError, SamplingParams, Step
+from agent.engine.types import (
+    EmbeddingRequestError,
+    InvalidRequestError,
+    ModelInfo,
+    ModelLoadError,
+    SamplingParams,
+    Step,
+)
 from agent.hardware import resolve_device
 from agent.variants import InvalidNameError, normalize_device
 
@@ -50,14 +57,6 @@ POOLED_OUTPUT = "sentence_embedding"
 TOKEN_OUTPUTS = ("last_hidden_state", "token_embeddings", "hidden_states")
 _INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-class EmbeddingRequestError(InvalidRequestError):
-    """An embedding request this model cannot serve as given; ``param`` names the request field."""
-
-    def __init__(self, message: str, param: str = "input") -> None:
-        super().__init__(message)
-        self.param = param
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +240,8 @@ class OnnxEmbeddingModel:
         for n, ids in enumerate(sequences):
             if len(ids) > limit:
                 raise EmbeddingRequestError(f"input[{n}] has {len(ids)} tokens; this model embeds at most {limit} "
-                                            "(send \"truncate\": true to embed its first tokens)")
+                                            "(send \"truncate\": true to embed its first tokens)",
+                                            code="context_length_exceeded")
         skip = self._prompt_tokens if texts else 0
         vectors = np.empty((len(sequences), self.dimensions), np.float32)
         for batch in _batches([len(s) for s in sequences]):

@@ -39,6 +39,16 @@ class InvalidRequestError(EngineError, ValueError):
     code = "invalid_request"
 
 
+class EmbeddingRequestError(InvalidRequestError):
+    """An embedding request the model cannot serve as given (an input too long, ``dimensions`` it
+    was not trained for...); ``param`` names the request field, ``code`` the error code."""
+
+    def __init__(self, message: str, param: str = "input", code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
 class TemplateError(EngineError, ValueError):
     """The chat template could not render these messages (the template raised, or there is none)."""
 

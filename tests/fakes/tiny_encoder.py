@@ -248,7 +248,7 @@ def build_encoder_repo(
     prompt: str = "",
     include_prompt: bool = True,
     config_extra: Mapping[str, Any] | None = None,
-    token_type_ids: bool = True,
+    token_type_ids: bool | None = None,
 ) -> TinyEncoder:
     """Write the repo at ``dest``. ``layout`` ``sentence-transformers`` writes the pooling files from
     ``pooling``/``normalize``/``prompt``; ``transformers.js`` writes none (those arguments are unused),
@@ -295,7 +295,8 @@ def build_encoder_repo(
                 "similarity_fn_name": "cosine"})
     elif layout != "transformers.js":
         raise ValueError(f"unknown layout {layout!r}")
-    fp32 = write_encoder_onnx(shape, weights, dest / "onnx" / "model.onnx", token_type_ids=token_type_ids)
+    with_types = not causal if token_type_ids is None else token_type_ids  # decoders have none
+    fp32 = write_encoder_onnx(shape, weights, dest / "onnx" / "model.onnx", token_type_ids=with_types)
     if "q8" in quants:
         quantize_q8(fp32, dest / "onnx" / "model_quantized.onnx")
     if "fp32" not in quants:
