@@ -41,9 +41,10 @@ def print_search(result: SearchResult) -> None:
     if not result.models:
         print(f"no ONNX {what} models match {result.query!r}")
         return
-    if not result.query:
-        flag = " --kind embed" if kind == "embed" else ""
-        print(f"Suggested {what} models (search with `hflocal search{flag} WORDS`):")
+    if not result.query and kind == "embed":
+        print("Suggested embedding models (search with `hflocal search --kind embed WORDS`):")
+    elif not result.query:
+        print("Suggested models (search with `hflocal search WORDS`):")
     rows = [[m.id, m.kind, f"{m.downloads:,}", f"{m.likes:,}"] for m in result.models]
     print(table(rows, ["MODEL", "KIND", "DOWNLOADS", "LIKES"]))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from agent.pool.types import Catalog, ModelKindError, ModelUnavailableError, ResolvedVariant, UnknownModelError
 
 KIND_NAMES = {"chat": "a chat model", "embed": "an embedding model"}
+KIND_PLURALS = {"chat": "chat models", "embed": "embedding models"}
 KIND_USES = {"chat": " (chat and text completions)", "embed": " (/v1/embeddings)"}
 
 
@@ -42,5 +43,6 @@ def default_of_kind(catalog: Catalog, active_key: str | None, kind: str) -> Reso
     if not found:
         raise UnknownModelError(None, f"No model is named and none installed is {_what(kind)}{KIND_USES.get(kind, '')}")
     names = ", ".join(v.key for v in found[:5]) + (" ..." if len(found) > 5 else "")
-    raise ModelKindError(f"Several installed models are {_what(kind)}s: name one in 'model' ({names})",
+    plural = KIND_PLURALS.get(kind, f"{kind} models")
+    raise ModelKindError(f"Several installed models are {plural}: name one in 'model' ({names})",
                          code="model_required")
