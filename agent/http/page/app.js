@@ -202,11 +202,13 @@ function snippetModel() {
   const active = S.installed.find((m) => m.key === S.status?.active);
   if (S.status?.active && active?.kind !== "embed") return S.status.active;
   const ready = S.installed.find((m) => m.status === "ready" && m.kind !== "embed");
-  return ready ? ready.key : "MODEL-KEY (install a chat model first)";
+  return ready ? ready.key : null;
 }
 
 function renderApi() {
   $("api-base").value = apiBase();
+  const chatModel = snippetModel();
+  const embedder = S.installed.find((m) => m.status === "ready" && m.kind === "embed");
   const lines = [
     ...(S.apiKeyRequired ? ["import os", ""] : []),
     "from openai import OpenAI",
@@ -214,15 +216,18 @@ function renderApi() {
     S.apiKeyRequired
       ? `client = OpenAI(base_url="${apiBase()}", api_key=os.environ["HFLOCAL_API_KEY"])`
       : `client = OpenAI(base_url="${apiBase()}", api_key="hflocal")  # no API key is set: any value works`,
-    "reply = client.chat.completions.create(",
-    `    model="${snippetModel()}",`,
-    '    messages=[{"role": "user", "content": "Hello!"}],',
-    ")",
-    "print(reply.choices[0].message.content)",
   ];
-  const embedder = S.installed.find((m) => m.status === "ready" && m.kind === "embed");
+  if (chatModel || !embedder) {  // only an embedding model installed: no chat example that cannot run
+    lines.push(
+      "reply = client.chat.completions.create(",
+      `    model="${chatModel || "MODEL-KEY (install a model first)"}",`,
+      '    messages=[{"role": "user", "content": "Hello!"}],',
+      ")",
+      "print(reply.choices[0].message.content)");
+  }
   if (embedder) {
-    lines.push("", `vectors = client.embeddings.create(model="${embedder.key}", input=["Hello!", "Bonjour !"])`,
+    if (chatModel) lines.push("");
+    lines.push(`vectors = client.embeddings.create(model="${embedder.key}", input=["Hello!", "Bonjour !"])`,
       "print(len(vectors.data[0].embedding))");
   }
   $("snippet").textContent = lines.join("\n");
