@@ -176,7 +176,7 @@ def openapi_document(version: str) -> dict[str, Any]:
                                        "CreateCompletionRequest", "CreateCompletionResponse"),
         "/api/status": {"get": _api_get("status", "What the agent is doing.", "StatusResult")},
         "/api/search": {"get": _api_get("search", "ONNX models on the Hub: chat (text generation) or embed.", "SearchResult", [
-            _param("q", "query", {"type": "string"}), _param("limit", "query", LIMIT),
+            _param("q", "query", {"type": "string", "examples": ["qwen"]}), _param("limit", "query", LIMIT),
             _param("kind", "query", {"enum": ["chat", "embed"], "default": "chat"})])},
         "/api/models/{model_id}/files": {"get": _api_get("modelFiles", "Quantizations a repo offers and their sizes.",
                                                          "ModelFilesResult", [
