@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent.hub import offered_quantizations, select_files
+from agent.model_kinds import Kind, folder_kind
 from agent.paths import Paths
 from agent.variants import InvalidNameError, validate_model_id
 
@@ -43,6 +44,7 @@ class FoundVariant:
     commit: str | None
     revision: str
     source: Literal["hub", "import"]
+    kind: Kind = "chat"
 
 
 def scan_variants(cache: Path, imported: Path) -> list[FoundVariant]:
@@ -53,11 +55,12 @@ def scan_variants(cache: Path, imported: Path) -> list[FoundVariant]:
 
 def _variants_in(model_id: str, folder: Path, names: list[str], **fields: Any) -> list[FoundVariant]:
     found = []
+    kind = folder_kind(folder, names)
     for quant in offered_quantizations(names):
         files = select_files(names, quant)
         paths = [folder / f for f in files]
         size = sum(p.stat().st_size for p in paths if p.exists())
-        found.append(FoundVariant(model_id, quant, folder, files, size, _mtime_iso(paths), **fields))
+        found.append(FoundVariant(model_id, quant, folder, files, size, _mtime_iso(paths), **fields, kind=kind))
     return found
 
 

@@ -26,6 +26,7 @@ from huggingface_hub import file_download
 
 from agent.errors import AgentError
 from agent.hub import RemoteFile
+from agent.model_kinds import Kind
 from agent.variants import VariantKey
 from ipc.messages import DownloadInfo, DownloadProgress, Event
 
@@ -107,6 +108,8 @@ class DownloadJob:
         self.model_id, self.quantization, self.device = key.model_id, key.quantization, key.device
         self.revision = revision
         self.commit = ""
+        self.kind: Kind = "chat"
+        """``chat`` or ``embed``, from the repo's listing (what the store records)."""
         self.files: list[RemoteFile] = []
         self.total_bytes = 0
         self.resumed_bytes = 0

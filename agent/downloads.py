@@ -183,6 +183,7 @@ class Downloads:
             raise GatedRepoError(job.model_id, hub.endpoint())
         job.files = listing.plan(job.quantization)
         job.commit = listing.commit
+        job.kind = listing.kind
         job.total_bytes = sum(f.size for f in job.files)
         for f in job.files:
             job.set_file_done(f.path, self._on_disk(job, f))
@@ -198,6 +199,7 @@ class Downloads:
         self.store.put(new_entry(
             job.model_id, job.quantization, job.device, path=str(self._snapshot(job)),
             files=[f.path for f in job.files], size=job.total_bytes, commit=job.commit, revision=revision,
+            kind=job.kind,
         ))
         return entry is None
 
@@ -299,7 +301,7 @@ class Downloads:
         fields: dict[str, Any] = {
             "files": [f.path for f in job.files], "size": job.total_bytes, "commit": job.commit,
             "downloaded_at": old.downloaded_at if unchanged and old is not None else utc_now(),
-            "status": "ready", "error": None, "path": str(snapshot),
+            "status": "ready", "error": None, "path": str(snapshot), "kind": job.kind,
         }
         if old is None:
             self.store.put(new_entry(job.model_id, job.quantization, job.device, revision=job.revision, **fields))

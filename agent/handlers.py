@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from agent import __version__, hub
 from agent.errors import AgentError, BadRequestError, NetworkError
 from agent.hardware import hardware_info
+from agent.model_kinds import normalize_kind
 from agent.variants import (
     InvalidNameError,
     VariantKey,
@@ -148,11 +149,16 @@ async def status(rt: Runtime, req: Status) -> StatusResult:
 
 
 async def search(rt: Runtime, req: Search) -> SearchResult:
-    """Hub search for ONNX text-generation models (curated list for an empty query)."""
+    """Hub search for ONNX models of ``req.kind``: chat (text generation) or embed (curated list for an
+    empty query)."""
     if not 1 <= req.limit <= 200:
         raise BadRequestError(f"limit must be between 1 and 200, got {req.limit}")
-    models = await ask_hub(hub.search, req.query.strip(), req.limit)
-    return SearchResult(query=req.query, models=models)
+    try:
+        kind = normalize_kind(req.kind)
+    except ValueError as exc:
+        raise BadRequestError(str(exc)) from None
+    models = await ask_hub(hub.search, req.query.strip(), req.limit, kind)
+    return SearchResult(query=req.query, models=models, kind=kind)
 
 
 @_names

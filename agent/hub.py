@@ -42,6 +42,7 @@ from agent.errors import (
     QuantNotOfferedError,
     RepoNotFoundError,
 )
+from agent.model_kinds import SEARCH_PIPELINE_TAGS, Kind, is_module_config, kind_of_pipeline_tag, repo_kind
 from agent.variants import QUANTIZATIONS, normalize_quantization, validate_model_id
 from ipc.messages import ModelFilesResult, ModelSummary, QuantOption
 
@@ -54,6 +55,14 @@ CURATED = (
     "onnx-community/Qwen2.5-1.5B-Instruct",
 )
 """Shown for an empty search, in this order, even when the Hub cannot be reached."""
+CURATED_EMBED = (
+    "Xenova/all-MiniLM-L6-v2",
+    "Xenova/bge-small-en-v1.5",
+    "nomic-ai/nomic-embed-text-v1.5",
+    "mixedbread-ai/mxbai-embed-large-v1",
+    "onnx-community/Qwen3-Embedding-0.6B-ONNX",
+)
+"""The same for an empty ``kind="embed"`` search: embedding models with ONNX weights."""
 
 ONNX_NAMES: dict[str, tuple[str, ...]] = {
     "q4": ("model_q4.onnx",),
@@ -73,8 +82,13 @@ SUPPORT_FILES = (
     "chat_template.json",
     "chat_template.jinja",
     "added_tokens.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
 )
-"""Files at the repo root the engine reads, taken when present (with any quantization)."""
+"""Files at the repo root the engine reads, taken when present (with any quantization); the last
+three, and every sentence-transformers module's ``N_Name/config.json`` (``1_Pooling/config.json``),
+say how an embedding model pools and normalises."""
 FALLBACK_TOKENIZER_FILES = ("vocab.json", "merges.txt")
 """Taken only when the repo has no ``tokenizer.json``."""
 
@@ -124,8 +138,8 @@ def select_files(filenames: Collection[str], quantization: str) -> list[str]:
     ``onnx/model_quantized.onnx`` (else ``model_int8.onnx``, else ``model_uint8.onnx``), fp16 →
     ``onnx/model_fp16.onnx``, fp32 → ``onnx/model.onnx``; the same names at the repo root are
     accepted when ``onnx/`` lacks them (optimum exports). The result is the ONNX file, its external
-    data, then the present ``SUPPORT_FILES`` (and ``vocab.json``/``merges.txt`` when there is no
-    ``tokenizer.json``); paths are repo-relative with ``/``, in that order, without duplicates.
+    data, then the present ``SUPPORT_FILES`` and module configs (and ``vocab.json``/``merges.txt``
+    when there is no ``tokenizer.json``); paths are repo-relative with ``/``, in that order, without duplicates.
     """
     quantization = normalize_quantization(quantization)
     names = set(filenames)
@@ -134,6 +148,7 @@ def select_files(filenames: Collection[str], quantization: str) -> list[str]:
         return []
     chosen = [onnx, *external_data_files(names, onnx)]
     chosen += [f for f in SUPPORT_FILES if f in names]
+    chosen += sorted(f for f in names if is_module_config(f))
     if "tokenizer.json" not in names:
         chosen += [f for f in FALLBACK_TOKENIZER_FILES if f in names]
     return list(dict.fromkeys(chosen))
@@ -173,6 +188,12 @@ class RepoListing:
     commit: str
     gated: bool
     files: dict[str, RemoteFile] = field(default_factory=dict)
+    pipeline_tag: str | None = None
+
+    @property
+    def kind(self) -> Kind:
+        """``chat`` or ``embed`` (``agent.model_kinds.repo_kind`` of the tag and the file names)."""
+        return repo_kind(self.files, pipeline_tag=self.pipeline_tag)
 
     def options(self, installed: Collection[str] = ()) -> list[QuantOption]:
         """What ``ModelFilesResult.options`` lists: each offered quantization, its files and size."""
@@ -218,7 +239,8 @@ def fetch_listing(model_id: str, revision: str = "main", *, retries: int = 2) ->
         sha256 = lfs.sha256 if lfs is not None else None
         size = sib.size if sib.size is not None else (lfs.size if lfs is not None else 0)
         files[sib.rfilename] = RemoteFile(sib.rfilename, int(size or 0), etag=sha256 or sib.blob_id, sha256=sha256)
-    return RepoListing(model_id=model_id, commit=info.sha, gated=bool(info.gated), files=files)
+    return RepoListing(model_id=model_id, commit=info.sha, gated=bool(info.gated), files=files,
+                       pipeline_tag=getattr(info, "pipeline_tag", None))
 
 
 def model_files(model_id: str, revision: str = "main", installed: Collection[str] = ()) -> ModelFilesResult:
@@ -231,14 +253,16 @@ def model_files(model_id: str, revision: str = "main", installed: Collection[str
     options = listing.options(installed)
     if not options:
         raise NoOnnxError(model_id)
-    return ModelFilesResult(model_id=model_id, commit=listing.commit, options=options, gated=listing.gated)
+    return ModelFilesResult(model_id=model_id, commit=listing.commit, options=options, gated=listing.gated,
+                            kind=listing.kind)
 
 
 # --------------------------------------------------------------------------- search
 
 
-def _summary(info: Any, curated: bool) -> ModelSummary:
+def _summary(info: Any, curated: bool, kind: Kind = "chat") -> ModelSummary:
     modified = getattr(info, "last_modified", None)
+    tag = getattr(info, "pipeline_tag", None)
     return ModelSummary(
         id=info.id,
         downloads=int(getattr(info, "downloads", 0) or 0),
@@ -247,43 +271,50 @@ def _summary(info: Any, curated: bool) -> ModelSummary:
         tags=list(getattr(info, "tags", None) or []),
         last_modified=modified.isoformat() if modified is not None else None,
         curated=curated,
+        kind=kind_of_pipeline_tag(tag) or kind,
     )
 
 
-def curated_models() -> list[ModelSummary]:
-    """The curated list, enriched with Hub data (downloads, likes, tags) where reachable.
+def curated_models(kind: Kind = "chat") -> list[ModelSummary]:
+    """The curated list of ``kind``, enriched with Hub data (downloads, likes, tags) where reachable.
 
     Never raises: a model the Hub cannot describe (offline, mirror without it) is listed bare.
     """
     client = api()
+    ids = CURATED_EMBED if kind == "embed" else CURATED
 
     def one(model_id: str) -> ModelSummary:
         try:
-            return _summary(client.model_info(model_id, timeout=_CURATED_TIMEOUT_S), curated=True)
+            return _summary(client.model_info(model_id, timeout=_CURATED_TIMEOUT_S), curated=True, kind=kind)
         except Exception:  # noqa: BLE001 - offline is normal here: the list must appear anyway
-            return ModelSummary(id=model_id, curated=True)
+            return ModelSummary(id=model_id, curated=True, kind=kind)
 
-    with ThreadPoolExecutor(max_workers=len(CURATED), thread_name_prefix="hub-curated") as pool:
-        return list(pool.map(one, CURATED))
+    with ThreadPoolExecutor(max_workers=len(ids), thread_name_prefix="hub-curated") as pool:
+        return list(pool.map(one, ids))
 
 
-def search(query: str = "", limit: int = 20) -> list[ModelSummary]:
-    """Text-generation models with ONNX weights matching ``query``, most downloaded first.
+def search(query: str = "", limit: int = 20, kind: Kind = "chat") -> list[ModelSummary]:
+    """Models with ONNX weights matching ``query``, most downloaded first: ``kind="chat"``
+    text-generation models, ``kind="embed"`` feature-extraction and sentence-similarity ones (one
+    Hub query per pipeline tag, merged by downloads, each model once).
 
-    An empty query returns ``curated_models()``. ``limit`` is clamped to 1..100; the client follows
-    the Hub's pagination until it has ``limit`` models.
+    An empty query returns ``curated_models(kind)``. ``limit`` is clamped to 1..100; the client
+    follows the Hub's pagination until it has ``limit`` models.
     """
     query = (query or "").strip()
     limit = max(1, min(int(limit), 100))
     if not query:
-        return curated_models()[:limit]
+        return curated_models(kind)[:limit]
     client = api()
+    curated = CURATED_EMBED if kind == "embed" else CURATED
 
     def run() -> list[ModelSummary]:
-        found = client.list_models(
-            search=query, filter="onnx", pipeline_tag="text-generation", sort="downloads", direction=-1, limit=limit
-        )
-        return [_summary(info, curated=info.id in CURATED) for info in found]
+        found: dict[str, ModelSummary] = {}
+        for tag in SEARCH_PIPELINE_TAGS[kind]:
+            for info in client.list_models(search=query, filter="onnx", pipeline_tag=tag, sort="downloads",
+                                           direction=-1, limit=limit):
+                found.setdefault(info.id, _summary(info, curated=info.id in curated, kind=kind))
+        return sorted(found.values(), key=lambda m: -m.downloads)[:limit]
 
     return call_with_retries(run, retries=1)
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from agent.errors import AgentError, BadRequestError, QuantNotOfferedError, UnsupportedError
 from agent.hub import offered_quantizations, select_files
+from agent.model_kinds import folder_kind
 from agent.store import new_entry, utc_now
 from agent.variants import VariantKey, normalize_quantization, validate_model_id
 from ipc.messages import ERROR_CODES, ImportFailed, ImportFinished, ImportProgress, ModelsChanged
@@ -267,13 +268,14 @@ class Imports:
             final.parent.mkdir(parents=True, exist_ok=True)
             staging.rename(final)
         names = {p.relative_to(final).as_posix() for p in final.rglob("*") if p.is_file()}
+        kind = folder_kind(final, names)
         for quant in quants:
             files = select_files(names, quant)
             size = sum((final / f).stat().st_size for f in files)
             store.put(
                 new_entry(
                     model_id, quant, "auto", path=str(final), files=files, size=size,
-                    status="ready", source="import", downloaded_at=utc_now(), commit=None,
+                    status="ready", source="import", downloaded_at=utc_now(), commit=None, kind=kind,
                 )
             )
         return keys, reactivate

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.downloads import Downloads
-from agent.engine.model import load_model
+from agent.engine.loader import load_variant
 from agent.errors import AgentError
 from agent.feed import EventFeed
 from agent.handlers import dispatch
@@ -48,6 +48,7 @@ def _resolved(entry: VariantEntry) -> ResolvedVariant:
         quantization=entry.quantization,
         device=entry.device,
         created=_created(entry),
+        kind=entry.kind,
     )
 
 
@@ -124,7 +125,7 @@ class Runtime:
         self.imports = Imports(self)
         self.pool = ModelPool(
             StoreCatalog(self.store),
-            load_model,
+            load_variant,
             settings.models,
             self.publish,
             active=self.store.active,

@@ -32,6 +32,7 @@ import msgspec
 
 from agent.cache_files import remove_files, scan_variants
 from agent.errors import NotFoundError
+from agent.model_kinds import Kind
 from agent.paths import Paths
 from agent.variants import QUANTIZATIONS, InvalidNameError, VariantKey, looks_like_key, validate_model_id
 from ipc.messages import InstalledModel
@@ -64,6 +65,8 @@ class VariantEntry(msgspec.Struct, frozen=True, kw_only=True):
     source: Source = "hub"
     path: str = ""
     revision: str = "main"
+    kind: Kind = "chat"
+    """``chat`` or ``embed`` (``agent.model_kinds``); manifests written before kinds were known are chat."""
 
     def to_installed(self, active_key: str | None) -> InstalledModel:
         return InstalledModel(
@@ -80,6 +83,7 @@ class VariantEntry(msgspec.Struct, frozen=True, kw_only=True):
             error=self.error,
             active=self.key == active_key,
             source=self.source,
+            kind=self.kind,
         )
 
     def folder(self) -> Path:
@@ -330,7 +334,7 @@ class Store:
         for v in scan_variants(self.paths.cache, self.paths.imported):
             entry = new_entry(v.model_id, v.quantization, "auto", path=str(v.folder), files=v.files, size=v.size,
                               status="ready", downloaded_at=v.downloaded_at, commit=v.commit, revision=v.revision,
-                              source=v.source)
+                              source=v.source, kind=v.kind)
             old = found.get(entry.key)
             if old is None or (entry.downloaded_at or "") > (old.downloaded_at or ""):
                 found[entry.key] = entry

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.engine.model import load_model  # noqa: E402
+from agent.engine.loader import load_variant  # noqa: E402
 from agent.http import create_app, serve_http  # noqa: E402
 from agent.pool import ModelPool, ResolvedVariant, UnknownModelError  # noqa: E402
 from agent.settings import ModelSettings, Settings  # noqa: E402
@@ -44,7 +44,7 @@ async def main(folder: Path, quant: str, port: int, threads: int) -> None:
     variant = ResolvedVariant(key=key, model_id="bench/SmolLM2-135M-Instruct", path=folder,
                               quantization=quant, device="cpu")
     settings = ModelSettings(threads=threads, default_max_tokens=4096)
-    pool = ModelPool(OneModel(variant), load_model, settings, lambda event: None, active=key)
+    pool = ModelPool(OneModel(variant), load_variant, settings, lambda event: None, active=key)
     app = create_app(pool, Settings(models=settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -126,7 +126,7 @@ def ask(args: argparse.Namespace, request: Request, printer: Callable[[Any], Non
 
 
 def search(args: argparse.Namespace) -> int:
-    return ask(args, Search(query=args.query, limit=args.limit), output.print_search, max(args.timeout, 60))
+    return ask(args, Search(query=args.query, limit=args.limit, kind=args.kind), output.print_search, max(args.timeout, 60))
 
 
 def files(args: argparse.Namespace) -> int:

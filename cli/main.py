@@ -53,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_default_model(p)
     p.set_defaults(func=commands.tray)
 
-    p = sub.add_parser("search", help="search the Hub for ONNX text-generation models")
+    p = sub.add_parser("search", help="search the Hub for ONNX models (chat models; --kind embed: embedding models)")
     p.add_argument("query", nargs="?", default="", help="words to search for (empty: the curated list)")
+    p.add_argument("--kind", choices=["chat", "embed"], default="chat",
+                   help="chat: text-generation models (default); embed: embedding models for /v1/embeddings")
     p.add_argument("--limit", type=int, default=20)
     _add_json(p)
     p.set_defaults(func=commands.search)

@@ -36,17 +36,22 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def print_search(result: SearchResult) -> None:
+    kind = result.kind
+    what = "embedding" if kind == "embed" else "text-generation"
     if not result.models:
-        print(f"no ONNX text-generation models match {result.query!r}")
+        print(f"no ONNX {what} models match {result.query!r}")
         return
-    if not result.query:
+    if not result.query and kind == "embed":
+        print("Suggested embedding models (search with `hflocal search --kind embed WORDS`):")
+    elif not result.query:
         print("Suggested models (search with `hflocal search WORDS`):")
-    rows = [[m.id, f"{m.downloads:,}", f"{m.likes:,}"] for m in result.models]
-    print(table(rows, ["MODEL", "DOWNLOADS", "LIKES"]))
+    rows = [[m.id, m.kind, f"{m.downloads:,}", f"{m.likes:,}"] for m in result.models]
+    print(table(rows, ["MODEL", "KIND", "DOWNLOADS", "LIKES"]))
 
 
 def print_files(result: ModelFilesResult) -> None:
-    print(f"{result.model_id} @ {result.commit[:12]}{'  (gated: needs HF_TOKEN)' if result.gated else ''}")
+    kind = "embedding model" if result.kind == "embed" else "chat model"
+    print(f"{result.model_id} @ {result.commit[:12]} ({kind}){'  (gated: needs HF_TOKEN)' if result.gated else ''}")
     rows = [[o.quantization, human_bytes(o.size), str(len(o.files)), "installed" if o.installed else ""] for o in result.options]
     print(table(rows, ["QUANT", "SIZE", "FILES", ""]))
 
@@ -58,8 +63,8 @@ def print_installed(result: InstalledResult) -> None:
     rows = []
     for m in result.models:
         state = m.status if not m.error else f"{m.status}: {m.error}"
-        rows.append([("* " if m.active else "  ") + m.key, human_bytes(m.size), state])
-    print(table(rows, ["  KEY", "SIZE", "STATUS"]))
+        rows.append([("* " if m.active else "  ") + m.key, m.kind, human_bytes(m.size), state])
+    print(table(rows, ["  KEY", "KIND", "SIZE", "STATUS"]))
 
 
 def print_status(s: StatusResult) -> None:

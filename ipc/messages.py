@@ -50,13 +50,16 @@ class Status(Request, tag="status", kw_only=True):
 
 
 class Search(Request, tag="search", kw_only=True):
-    """Text-generation models with ONNX weights on the Hub, most downloaded first.
+    """Models with ONNX weights on the Hub, most downloaded first.
 
-    An empty ``query`` returns the curated list. Replies ``SearchResult``.
+    ``kind`` is ``chat`` (text-generation models) or ``embed`` (``feature-extraction`` and
+    ``sentence-similarity`` models, for ``/v1/embeddings``). An empty ``query`` returns the curated
+    list of that kind. Replies ``SearchResult``.
     """
 
     query: str = ""
     limit: int = 20
+    kind: str = "chat"
 
 
 class ModelFiles(Request, tag="model_files", kw_only=True):
@@ -193,11 +196,15 @@ class ModelSummary(Message, kw_only=True):
     tags: list[str] = msgspec.field(default_factory=list)
     last_modified: str | None = None
     curated: bool = False
+    kind: str = "chat"
+    """``chat`` or ``embed`` (from the pipeline tag; see ``agent.model_kinds``)."""
 
 
 class SearchResult(Message, kw_only=True):
     query: str
     models: list[ModelSummary]
+    kind: str = "chat"
+    """The kind that was searched for."""
 
 
 class QuantOption(Message, kw_only=True):
@@ -214,6 +221,8 @@ class ModelFilesResult(Message, kw_only=True):
     commit: str
     options: list[QuantOption]
     gated: bool = False
+    kind: str = "chat"
+    """What the repo's variants will be once installed: ``chat`` or ``embed``."""
 
 
 class InstalledModel(Message, kw_only=True):
@@ -230,6 +239,8 @@ class InstalledModel(Message, kw_only=True):
     error: str | None = None
     active: bool = False
     source: str = "hub"
+    kind: str = "chat"
+    """``chat`` (chat and text completions) or ``embed`` (``/v1/embeddings``)."""
 
 
 class InstalledResult(Message, kw_only=True):

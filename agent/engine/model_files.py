@@ -26,6 +26,9 @@ ONNX_FILES = {
     "q8": "model_quantized.onnx",
     "q4": "model_q4.onnx",
 }
+ONNX_ALTERNATES = {"q8": ("model_int8.onnx", "model_uint8.onnx")}
+"""Taken when the main name is absent: Transformers.js names the two halves of its q8 export so, and
+the Hub listing (``agent.hub.ONNX_NAMES``) offers q8 for a repo that has only one of them."""
 
 DEFAULT_CONTEXT = 2048
 """Used only when neither config.json nor tokenizer_config.json states a context length."""
@@ -54,9 +57,10 @@ def onnx_path(folder: Path, quantization: str) -> Path:
         raise ModelLoadError(
             f"unknown quantization {quantization!r}: use one of {', '.join(ONNX_FILES)}"
         ) from None
-    for candidate in (folder / "onnx" / name, folder / name):
-        if candidate.is_file():
-            return candidate
+    for where in (folder / "onnx", folder):  # the order agent.hub picks files in
+        for candidate_name in (name, *ONNX_ALTERNATES.get(quantization, ())):
+            if (where / candidate_name).is_file():
+                return where / candidate_name
     raise ModelLoadError(f"missing onnx/{name} (the {quantization} variant) in {folder}")
 
 

@@ -39,6 +39,16 @@ class InvalidRequestError(EngineError, ValueError):
     code = "invalid_request"
 
 
+class EmbeddingRequestError(InvalidRequestError):
+    """An embedding request the model cannot serve as given (an input too long, ``dimensions`` it
+    was not trained for...); ``param`` names the request field, ``code`` the error code."""
+
+    def __init__(self, message: str, param: str = "input", code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
 class TemplateError(EngineError, ValueError):
     """The chat template could not render these messages (the template raised, or there is none)."""
 
@@ -142,4 +152,8 @@ class LoadedModel(Protocol):
 
 
 class ModelLoader(Protocol):
-    def __call__(self, path: Path, *, quantization: str, device: str, threads: int = 0) -> LoadedModel: ...
+    def __call__(
+        self, path: Path, *, quantization: str, device: str, threads: int = 0, kind: str = "chat"
+    ) -> LoadedModel:
+        """Load the variant in ``path``; ``kind`` (``chat`` | ``embed``) picks the engine."""
+        ...

@@ -35,6 +35,7 @@ from quart import Blueprint, Quart, Response, request
 from agent.http.access import is_loopback, split_host
 from agent.http.anthropic_routes import blueprint as anthropic_blueprint
 from agent.http.body import finish_body
+from agent.http.embeddings_routes import blueprint as embeddings_blueprint
 from agent.http.errors import ApiError, register_error_handlers
 from agent.http.openapi import openapi_document
 from agent.http.openai_routes import blueprint as openai_blueprint
@@ -91,6 +92,7 @@ def create_app(pool: ModelPool, settings: Settings, *, extra_blueprints: Sequenc
     app.register_blueprint(openai_blueprint, url_prefix="/v1")
     app.register_blueprint(anthropic_blueprint, url_prefix="/v1")
     app.register_blueprint(responses_api_blueprint, url_prefix="/v1")
+    app.register_blueprint(embeddings_blueprint, url_prefix="/v1")
     for bp in extra_blueprints:
         app.register_blueprint(bp)
     app.after_request(_cors)

@@ -18,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from agent.engine.types import ContextLengthExceeded, EngineError, TemplateError
 from agent.pool import (
     LoadTimeoutError,
+    ModelKindError,
     ModelLoadFailedError,
     ModelUnavailableError,
     PoolClosedError,
@@ -77,6 +78,8 @@ def from_exception(exc: BaseException) -> ApiError:
             return ApiError(503, exc.message, code=exc.code, headers={"Retry-After": str(exc.retry_after)})
         case ModelUnavailableError() | PoolClosedError():
             return ApiError(503, exc.message, code=exc.code)
+        case ModelKindError():
+            return ApiError(400, exc.message, param="model", code=exc.code)
         case ModelLoadFailedError():
             return ApiError(500, exc.message, code=exc.code)
         case PoolError():

@@ -290,7 +290,8 @@ def management_blueprint(rt: Runtime, tokens: access.TokenSource | None = None) 
     @route("/api/search", ["GET"])
     async def search() -> Response:
         query = request.args.get("q", "")
-        return json_response(await call(Search(query=query, limit=_int_arg("limit", 20))))
+        kind = request.args.get("kind") or "chat"
+        return json_response(await call(Search(query=query, limit=_int_arg("limit", 20), kind=kind)))
 
     @route("/api/models/<path:model_id>/files", ["GET"])
     async def model_files(model_id: str) -> Response:

@@ -52,7 +52,7 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 def _model_object(variant: ResolvedVariant) -> dict[str, Any]:
     return {"id": variant.key, "object": "model", "created": variant.created,
-            "owned_by": variant.model_id.split("/", 1)[0]}
+            "owned_by": variant.model_id.split("/", 1)[0], "kind": variant.kind}
 
 
 @blueprint.get("/models")

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from agent.http import anthropic_schemas, responses_api_schemas, schemas
+from agent.http.embeddings_routes import add_to_openapi as add_embeddings
 from agent.variants import DEVICE_ALIASES, DEVICES, MODEL_ID_PATTERN, QUANTIZATIONS
 from ipc import messages as m
 
@@ -216,8 +217,9 @@ def openapi_document(version: str) -> dict[str, Any]:
         "/v1/responses": _generation("createResponse", "OpenAI Responses API, stateless: a response, streamed (SSE) or not.",
                                      "CreateResponse", "Response", named_events=True),
         "/api/status": {"get": _api_get("status", "What the agent is doing.", "StatusResult")},
-        "/api/search": {"get": _api_get("search", "ONNX text-generation models on the Hub.", "SearchResult", [
-            _param("q", "query", {"type": "string"}), _param("limit", "query", LIMIT)])},
+        "/api/search": {"get": _api_get("search", "ONNX models on the Hub: chat (text generation) or embed.", "SearchResult", [
+            _param("q", "query", {"type": "string", "examples": ["qwen"]}), _param("limit", "query", LIMIT),
+            _param("kind", "query", {"enum": ["chat", "embed"], "default": "chat"})])},
         "/api/models/{model_id}/files": {"get": _api_get("modelFiles", "Quantizations a repo offers and their sizes.",
                                                          "ModelFilesResult", [
                                                              _param("model_id", "path", MODEL_ID),
@@ -232,13 +234,15 @@ def openapi_document(version: str) -> dict[str, Any]:
         "/api/activate": {"post": _api_post("activate", "Make a variant the active model and load it.", "Activate", "JobAccepted")},
         "/api/hardware": {"get": _api_get("hardware", "OS, CPU, RAM, GPUs, providers and free disk.", "HardwareInfo")},
     }
+    components = _components()
+    add_embeddings(paths, components, _openai_errors(*_V1_ERRORS, 415), REF)
     return {
         "openapi": "3.1.0",
         "info": {"title": "hflocal", "version": version,
                  "description": "OpenAI-compatible API of a local hflocal agent, plus its management API."},
         "paths": paths,
         "components": {
-            "schemas": _components(),
+            "schemas": components,
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "http.api_key or HFLOCAL_API_KEY, when set"},
                 "anthropicKey": {"type": "apiKey", "in": "header", "name": "x-api-key",

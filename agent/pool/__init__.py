@@ -9,6 +9,7 @@ from agent.pool.model_pool import ModelPool
 from agent.pool.types import (
     Catalog,
     LoadTimeoutError,
+    ModelKindError,
     ModelLoadFailedError,
     ModelUnavailableError,
     PoolClosedError,
@@ -23,6 +24,7 @@ __all__ = [
     "Catalog",
     "Lease",
     "LoadTimeoutError",
+    "ModelKindError",
     "ModelLoadFailedError",
     "ModelPool",
     "ModelUnavailableError",

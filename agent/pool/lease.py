@@ -23,9 +23,11 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.engine.types import LoadedModel, ModelInfo, SamplingParams, Step
+
+T = TypeVar("T")
 
 
 INLINE_PROMPT_CHARS = 2048
@@ -216,6 +218,35 @@ class Lease:
         finally:
             self._cancel.set()
 
+    async def call(self, work: Callable[[threading.Event], T]) -> T:
+        """Run ``work(cancel)`` on a runner thread while holding the model's turn, and return what it
+        returns (or raise what it raised): for work that is not a generation, such as computing
+        embeddings. Like ``batches``, being cancelled sets the cancel event (``work`` should check
+        it between pieces of work) and the turn is passed on only once ``work`` has returned. A
+        lease runs one ``call`` or one generation, before it is released."""
+        if self._released or self._stopped is not None:
+            raise RuntimeError("a lease runs one call, before it is released")
+        outcome: asyncio.Future[T] = self._loop.create_future()
+        outcome.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved if nobody waits any more
+        self._stopped = self._loop.create_future()
+        self._generating = True
+
+        def job() -> Callable[[], None]:
+            threading.current_thread().name = f"run {self.key}"
+            result: Any = None
+            error: BaseException | None = None
+            try:
+                result = work(self._cancel)
+            except BaseException as exc:  # handed to the awaiting coroutine on the loop
+                error = exc
+            return lambda: self._post_called(outcome, result, error)
+
+        _runners.submit(job)
+        try:
+            return await asyncio.shield(outcome)
+        finally:
+            self._cancel.set()
+
     def cancel(self) -> None:
         """Ask the running generation (if any) to stop at its next step."""
         self._cancel.set()
@@ -265,7 +296,25 @@ class Lease:
         except RuntimeError:
             pass  # the loop is closed: the process is exiting and nobody is waiting
 
+    def _post_called(self, outcome: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._call_finished, outcome, result, error)
+        except RuntimeError:
+            pass  # the loop is closed: the process is exiting and nobody is waiting
+
     # ------------------------------------------------------------------ loop side
+
+    def _call_finished(self, outcome: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+        if not outcome.done():
+            if error is not None:
+                outcome.set_exception(error)
+            else:
+                outcome.set_result(result)
+        self._generating = False
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+        if self._released:
+            self._end()
 
     def _thread_finished(self, handoff: _Handoff, error: BaseException | None) -> None:
         handoff.finish(error)

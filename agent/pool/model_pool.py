@@ -39,6 +39,7 @@ from agent.pool.types import (
     ResolvedVariant,
     UnknownModelError,
 )
+from agent.pool.kinds import check_kind, default_of_kind
 from agent.pool.lease import Lease
 from agent.settings import ModelSettings
 from ipc.messages import Event, ModelFailed, ModelLoading, ModelReady, ModelUnloaded
@@ -121,30 +122,38 @@ class ModelPool:
         if old is not None and old in self._slots:
             self._after_idle(self._slots[old])
 
-    def resolve(self, name: str | None) -> ResolvedVariant:
+    def resolve(self, name: str | None, kind: str | None = None) -> ResolvedVariant:
         """The installed variant ``name`` means; ``None`` means the active model. Raises
-        ``UnknownModelError`` (also when ``None`` and nothing is active) or ``ModelUnavailableError``."""
+        ``UnknownModelError`` (also when ``None`` and nothing is active) or ``ModelUnavailableError``.
+
+        With ``kind`` the variant must be of that kind, else ``ModelKindError``. For ``embed``, no
+        ``name`` means the active model if it embeds, else the only installed embedding model
+        (``agent.pool.kinds.default_of_kind``).
+        """
+        if name is None and kind == "embed":
+            return default_of_kind(self.catalog, self._active, kind)
         if name is None:
             if self._active is None:
                 getting_ready = f"{self._activating} is loading" if self._activating else self.preparing
                 if getting_ready:
                     raise LoadTimeoutError(f"No model is active yet: {getting_ready}; retry shortly", retry_after=5)
                 raise UnknownModelError(None)
-            return self.catalog.resolve(self._active)
-        return self.catalog.resolve(name)
+            return check_kind(self.catalog.resolve(self._active), kind, active=True)
+        return check_kind(self.catalog.resolve(name), kind)
 
     def installed(self) -> Sequence[ResolvedVariant]:
         return self.catalog.installed()
 
-    async def acquire(self, name: str | None) -> Lease:
-        """Resolve ``name``, load it if needed and wait for its turn; the caller must ``release()``.
+    async def acquire(self, name: str | None, kind: str = "chat") -> Lease:
+        """Resolve ``name`` (a model of ``kind``: generation routes leave it ``chat``), load it if
+        needed and wait for its turn; the caller must ``release()``.
 
-        Raises ``UnknownModelError``, ``ModelUnavailableError``, ``QueueFullError``,
+        Raises ``UnknownModelError``, ``ModelKindError``, ``ModelUnavailableError``, ``QueueFullError``,
         ``LoadTimeoutError``, ``ModelLoadFailedError`` or ``PoolClosedError``; cancelling the caller
         while it waits gives up its place and leaves any load running.
         """
         self._check_open()
-        variant = self.resolve(name)
+        variant = self.resolve(name, kind)
         slot = self._slot_for(variant)
         if slot.waiting() >= self.settings.queue_size:
             raise QueueFullError(
@@ -163,9 +172,9 @@ class ModelPool:
         return lease
 
     @asynccontextmanager
-    async def generation(self, name: str | None) -> AsyncIterator[Lease]:
+    async def generation(self, name: str | None, kind: str = "chat") -> AsyncIterator[Lease]:
         """``async with pool.generation(model) as lease:`` — ``acquire`` with a guaranteed release."""
-        lease = await self.acquire(name)
+        lease = await self.acquire(name, kind)
         try:
             yield lease
         finally:
@@ -328,7 +337,7 @@ class ModelPool:
         try:
             model = await asyncio.to_thread(
                 self._loader, variant.path, quantization=variant.quantization,
-                device=variant.device, threads=self.settings.threads,
+                device=variant.device, threads=self.settings.threads, kind=variant.kind,
             )
         except BaseException as exc:
             code = exc.code if isinstance(exc, EngineError) else "load_failed"

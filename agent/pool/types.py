@@ -24,6 +24,8 @@ class ResolvedVariant:
     device: str
     created: int = 0
     """Unix seconds when it was installed (``created`` in ``/v1/models``); 0 if unknown."""
+    kind: str = "chat"
+    """``chat`` or ``embed`` (``agent.model_kinds``): which engine loads it, which routes take it."""
 
 
 class Catalog(Protocol):
@@ -71,6 +73,18 @@ class ModelUnavailableError(PoolError):
     """Installed but not usable now (downloading, failed download); HTTP 503."""
 
     code = "model_unavailable"
+
+
+class ModelKindError(PoolError):
+    """The model named (or the default one) is of the wrong kind for the request: an embedding model
+    asked to chat, a chat model asked for embeddings, or no single model of the kind to default to
+    (HTTP 400, ``param`` ``model``). ``code`` is ``wrong_model_kind`` or ``model_required``."""
+
+    code = "wrong_model_kind"
+
+    def __init__(self, message: str, code: str = "wrong_model_kind") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class QueueFullError(PoolError):

@@ -116,8 +116,8 @@ def test_pull_then_ls(agent: AgentProcess, tiny_model: TinyModel) -> None:
     assert (snapshot / "onnx/model_q4.onnx").read_bytes() == (tiny_model.path / "onnx/model_q4.onnx").read_bytes()
 
     listing = ok(agent, "ls").stdout.splitlines()
-    assert listing[0].split() == ["KEY", "SIZE", "STATUS"]
-    assert listing[1].split()[0] == Q4 and listing[1].split()[-1] == "ready"
+    assert listing[0].split() == ["KEY", "KIND", "SIZE", "STATUS"]
+    assert listing[1].split()[:2] == [Q4, "chat"] and listing[1].split()[-1] == "ready"
     models = ok_json(agent, "ls")["models"]
     assert [(m["key"], m["status"], m["size"], m["active"]) for m in models] == [
         (Q4, "ready", expected_size(tiny_model, "q4"), False)]

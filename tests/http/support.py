@@ -23,6 +23,7 @@ import httpx
 from quart.testing.connections import TestHTTPConnection as StreamConnection
 from quart.typing import TestClientProtocol as Client
 
+from agent.engine.loader import load_variant
 from agent.engine.model import load_model
 from agent.engine.types import EngineError, LoadedModel, ModelInfo, SamplingParams, Step, TokenChoice
 from agent.http import create_app, serve_http
@@ -34,10 +35,11 @@ from ipc.messages import Event, topic_of
 T = TypeVar("T")
 
 
-def variant_for(model_id: str, path: Path, quantization: str = "fp32", device: str = "cpu") -> ResolvedVariant:
+def variant_for(model_id: str, path: Path, quantization: str = "fp32", device: str = "cpu",
+                kind: str = "chat") -> ResolvedVariant:
     key = str(VariantKey.make(model_id, quantization, device))
     return ResolvedVariant(key=key, model_id=model_id, path=path, quantization=quantization,
-                           device=device, created=1_700_000_000)
+                           device=device, created=1_700_000_000, kind=kind)
 
 
 class DictCatalog:
@@ -123,10 +125,13 @@ class Loader:
     generations: list[str] = field(default_factory=list)
     finished: list[str] = field(default_factory=list)
 
-    def __call__(self, path: Path, *, quantization: str, device: str, threads: int = 0) -> LoadedModel:
+    def __call__(self, path: Path, *, quantization: str, device: str, threads: int = 0,
+                 kind: str = "chat") -> LoadedModel:
         self.loads.append(Path(path).name)
         if self.load_s:
             time.sleep(self.load_s)
+        if kind != "chat":  # not paced: embedding models take the pool's turn without generating
+            return load_variant(path, quantization=quantization, device=device, threads=threads, kind=kind)
         return Throttled(load_model(path, quantization=quantization, device=device, threads=threads), self)
 
 

@@ -135,8 +135,8 @@ async def test_body_too_large_is_413(app_for: AppFor) -> None:
 
 
 async def test_unknown_route_and_wrong_method(client: Client) -> None:
-    error = await error_of(await client.post("/v1/embeddings", json={}), 404)
-    assert "/v1/embeddings" in error["message"]
+    error = await error_of(await client.post("/v1/images/generations", json={}), 404)
+    assert "/v1/images/generations" in error["message"]
     await error_of(await client.get("/nowhere"), 404)
     response = await client.get("/v1/chat/completions")
     error = await error_of(response, 405)

@@ -199,13 +199,16 @@ function apiBase() {
 }
 
 function snippetModel() {
-  if (S.status?.active) return S.status.active;
-  const ready = S.installed.find((m) => m.status === "ready");
-  return ready ? ready.key : "MODEL-KEY (install a model first)";
+  const active = S.installed.find((m) => m.key === S.status?.active);
+  if (S.status?.active && active?.kind !== "embed") return S.status.active;
+  const ready = S.installed.find((m) => m.status === "ready" && m.kind !== "embed");
+  return ready ? ready.key : null;
 }
 
 function renderApi() {
   $("api-base").value = apiBase();
+  const chatModel = snippetModel();
+  const embedder = S.installed.find((m) => m.status === "ready" && m.kind === "embed");
   const lines = [
     ...(S.apiKeyRequired ? ["import os", ""] : []),
     "from openai import OpenAI",
@@ -213,12 +216,20 @@ function renderApi() {
     S.apiKeyRequired
       ? `client = OpenAI(base_url="${apiBase()}", api_key=os.environ["HFLOCAL_API_KEY"])`
       : `client = OpenAI(base_url="${apiBase()}", api_key="hflocal")  # no API key is set: any value works`,
-    "reply = client.chat.completions.create(",
-    `    model="${snippetModel()}",`,
-    '    messages=[{"role": "user", "content": "Hello!"}],',
-    ")",
-    "print(reply.choices[0].message.content)",
   ];
+  if (chatModel || !embedder) {  // only an embedding model installed: no chat example that cannot run
+    lines.push(
+      "reply = client.chat.completions.create(",
+      `    model="${chatModel || "MODEL-KEY (install a model first)"}",`,
+      '    messages=[{"role": "user", "content": "Hello!"}],',
+      ")",
+      "print(reply.choices[0].message.content)");
+  }
+  if (embedder) {
+    if (chatModel) lines.push("");
+    lines.push(`vectors = client.embeddings.create(model="${embedder.key}", input=["Hello!", "Bonjour !"])`,
+      "print(len(vectors.data[0].embedding))");
+  }
   $("snippet").textContent = lines.join("\n");
   show($("try-key"), S.apiKeyRequired);
 }
@@ -276,13 +287,27 @@ async function tryModel(ev) {
 
 let searchSeq = 0;
 
+const KIND_WORDS = { chat: "chat", embed: "embedding" };
+
+function searchKind() {
+  return $("search-kind").value === "embed" ? "embed" : "chat";
+}
+
+function kindChanged() {
+  const kind = searchKind();
+  $("search-label").textContent = `Search the Hugging Face Hub for ONNX ${KIND_WORDS[kind]} models`;
+  $("search-q").placeholder = kind === "embed" ? "e.g. minilm, bge, e5, nomic" : "e.g. qwen, llama, phi";
+  search($("search-q").value.trim());
+}
+
 async function search(query) {
   const seq = ++searchSeq;
+  const kind = searchKind();
   clearError($("search-error"));
   $("results").setAttribute("aria-busy", "true");
   $("search-note").textContent = query ? `Searching for “${query}”…` : "Loading suggested models…";
   try {
-    const result = await api(`/api/search?q=${encodeURIComponent(query)}&limit=30`);
+    const result = await api(`/api/search?q=${encodeURIComponent(query)}&kind=${kind}&limit=30`);
     if (seq !== searchSeq) return;
     renderResults(result, query);
   } catch (err) {
@@ -300,7 +325,7 @@ function renderResults(result, query) {
   list.replaceChildren();
   if (!result.models.length) {
     $("search-note").textContent = query
-      ? `No ONNX chat models match “${query}”. Try a shorter or different name.`
+      ? `No ONNX ${KIND_WORDS[result.kind] || "chat"} models match “${query}”. Try a shorter or different name.`
       : "No suggested models available.";
     return;
   }
@@ -316,7 +341,9 @@ function renderResults(result, query) {
       onclick: () => selectModel(m.id),
     },
     el("span", { class: "result-id", text: m.id }),
-    el("span", { class: "result-meta muted" }, meta.join(" · "), m.curated ? el("span", { class: "badge", text: "suggested" }) : null));
+    el("span", { class: "result-meta muted" }, meta.join(" · "),
+      m.kind === "embed" ? el("span", { class: "badge kind", text: "embedding" }) : null,
+      m.curated ? el("span", { class: "badge", text: "suggested" }) : null));
     list.append(el("li", {}, button));
   }
 }
@@ -563,7 +590,7 @@ function renderInstalled() {
     else if (isActive && status?.model_state === "failed") state = "failed";
     else if (isActive) state = "active";
     const label = { ready: "installed", downloading: "downloading", error: "error", loading: "loading…", active: "active", failed: "failed to load" }[state] || state;
-    const sub = [m.quantization, m.device, fmtBytes(m.size)];
+    const sub = [m.kind === "embed" ? "embedding model" : "chat model", m.quantization, m.device, fmtBytes(m.size)];
     if (m.downloaded_at) sub.push(`added ${m.downloaded_at.slice(0, 10)}`);
     if (m.source && m.source !== "hub") sub.push(m.source);
     const actions = el("div", { class: "actions" });
@@ -746,6 +773,7 @@ function onEvent(ev) {
 
 function init() {
   $("search-form").addEventListener("submit", (ev) => { ev.preventDefault(); search($("search-q").value.trim()); });
+  $("search-kind").addEventListener("change", kindChanged);
   $("pick-form").addEventListener("submit", startDownload);
   $("try-form").addEventListener("submit", tryModel);
   $("banner-retry").addEventListener("click", () => { if (bannerRetry) bannerRetry(); });
