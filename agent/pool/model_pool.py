@@ -10,6 +10,9 @@ tokenization and generation run in threads and never block it. What a caller may
   (``model.unloaded`` reason ``lru``). A model that is generating or has requests waiting is never
   unloaded; if all are busy the pool goes over the limit and trims back as soon as one is idle.
   Models other than the active one unload after ``keep_alive_s`` idle (reason ``idle``).
+- Every variant has a kind (``chat`` or ``embed``) that picks its engine; ``acquire(name, kind)``
+  refuses a model of the other kind (``ModelKindError``, before anything loads), and both kinds
+  share ``max_loaded``.
 - One generation at a time per loaded model, FIFO, with at most ``queue_size`` requests waiting per
   model; one more gives ``QueueFullError`` (HTTP 503 + ``Retry-After``).
 - A lease's slot is freed when its generation thread has really stopped: cancelling the consumer

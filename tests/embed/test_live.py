@@ -162,6 +162,17 @@ def test_pull_ls_and_files_show_the_kind(live: Live) -> None:
     assert {m.id: m.model_extra["kind"] for m in models.data} == rows
 
 
+def test_an_imported_onnx_folder_of_an_embedding_model_embeds(live: Live, tmp_path: Path) -> None:
+    folder = build_encoder_repo(tmp_path / "my-encoder", pooling=("cls",), seed=5).path
+    key = variant_key("local/my-encoder", "fp32")
+    out = live.cli("import", str(folder), "--name", "local/my-encoder")
+    assert key in out
+    assert {m["key"]: m["kind"] for m in json.loads(live.cli("ls", "--json"))["models"]}[key] == "embed"
+    answer = live.openai().embeddings.create(model=key, input="Hi", encoding_format="float")
+    assert len(answer.data[0].embedding) == live.enc.shape.hidden_size
+    live.cli("rm", key)
+
+
 def test_the_openai_client_gets_floats_and_base64(live: Live) -> None:
     client = live.openai()
     want = reference(live.enc, TEXTS)
