@@ -6,6 +6,7 @@ possible stop string is held back). The last step carries the ``finish_reason``:
 * ``stop`` — an eos token (not included in ``tokens`` nor in the text) or a stop string (its tokens
   are included in ``tokens``; the text ends exactly before the stop string);
 * ``length`` — ``max_tokens`` or the end of the context was reached; that step carries the last token;
+* ``stop`` also when a constraint's grammar is complete (a JSON value closed, a tool call ended);
 * ``cancelled`` — ``cancel`` was set; checked before every model run (also between prefill chunks),
   so at most one more token is computed after it is set. That step has no tokens.
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent.engine.constrain import Constraint
 from agent.engine.detokenize import IncrementalDetokenizer, StopMatcher
 from agent.engine.sampling import Pick, Sampler, SamplingPlan
 from agent.engine.session import Runner
@@ -74,8 +76,10 @@ def run_decode(
     vocab_limit: int,
     cancel: threading.Event,
     stats: DecodeStats,
+    constraint: Constraint | None = None,
 ) -> Generator[Step, None, None]:
-    """Generate up to ``max_new_tokens`` (≥ 1) tokens after ``prompt_ids`` (already validated)."""
+    """Generate up to ``max_new_tokens`` (≥ 1) tokens after ``prompt_ids`` (already validated);
+    with a ``constraint``, only tokens its grammar allows (see ``agent.engine.constrain``)."""
 
     detok = IncrementalDetokenizer(tokenizer.decode, prompt_ids)
     matcher = StopMatcher(stops)
@@ -101,28 +105,53 @@ def run_decode(
     decode_started = time.perf_counter()
     stats.prefill_s = decode_started - started
 
-    for produced in range(1, max_new_tokens + 1):
+    produced = 0
+    while produced < max_new_tokens:
         if cancel.is_set():
             yield finish("cancelled", [])
             return
-        pick = sampler.pick(logits[:vocab_limit] if logits.shape[0] > vocab_limit else logits)
+        row = logits[:vocab_limit] if logits.shape[0] > vocab_limit else logits
+        if constraint is not None:
+            if constraint.failed:
+                stats.decode_s = time.perf_counter() - decode_started
+                yield finish("stop", [])
+                return
+            row = constraint.mask(row)
+        pick = sampler.pick(row)
+        produced += 1
         stats.generated_tokens = produced
         if pick.token_id in eos_ids:
             stats.decode_s = time.perf_counter() - decode_started
             yield finish("stop", [])
             return
-        choice = _choice(tokenizer, pick, sampler.plan)
-        text, stopped = matcher.push(detok.push(pick.token_id))
-        if stopped:
-            stats.decode_s = time.perf_counter() - decode_started
-            yield Step(text, [choice], "stop")
-            return
-        if produced == max_new_tokens:
-            stats.decode_s = time.perf_counter() - decode_started
-            yield finish("length", [choice], text)
-            return
-        yield Step(text, [choice])
+        picks = [pick]
+        if constraint is not None:
+            constraint.accept(pick.token_id)
+            if not sampler.plan.logprobs and not constraint.done:
+                # tokens the grammar leaves no choice about go in without sampling, in one model run
+                forced = constraint.forced()[: max_new_tokens - produced]
+                picks += [sampler.forced(token) for token in forced]
+                produced += len(forced)
+                stats.generated_tokens = produced
+        for i, chosen in enumerate(picks):
+            choice = _choice(tokenizer, chosen, sampler.plan)
+            text, stopped = matcher.push(detok.push(chosen.token_id))
+            if stopped:
+                stats.decode_s = time.perf_counter() - decode_started
+                yield Step(text, [choice], "stop")
+                return
+            last = i == len(picks) - 1
+            if last and constraint is not None and constraint.done:
+                # the grammar is complete: nothing but the end of the answer may follow
+                stats.decode_s = time.perf_counter() - decode_started
+                yield finish("stop", [choice], text)
+                return
+            if last and produced >= max_new_tokens:
+                stats.decode_s = time.perf_counter() - decode_started
+                yield finish("length", [choice], text)
+                return
+            yield Step(text, [choice])
         if cancel.is_set():
             yield finish("cancelled", [])
             return
-        logits = runner.forward([pick.token_id])
+        logits = runner.forward([p.token_id for p in picks])

@@ -24,6 +24,7 @@ from typing import Any
 import onnxruntime as ort
 
 from agent.engine.chat_template import CHATML_TEMPLATE, ChatTemplate, read_template_sources
+from agent.engine.constrain import Constraint
 from agent.engine.contract import GraphContract, discover_contract
 from agent.engine.decode import DecodeStats, run_decode
 from agent.engine.model_files import ModelConfig, onnx_path, read_json, read_model_config
@@ -145,6 +146,7 @@ class OnnxChatModel:
         plan = resolve_sampling(params, self.config.generation)
         if params.seed is not None:
             runner.reset()  # reproducible: no reuse of a cache computed in other batch shapes (see above)
+        constraint = Constraint(self.tokenizer, params.grammar) if params.grammar else None
         self.last_stats = DecodeStats()
         return run_decode(
             runner=runner,
@@ -157,6 +159,7 @@ class OnnxChatModel:
             vocab_limit=limit,
             cancel=cancel,
             stats=self.last_stats,
+            constraint=constraint,
         )
 
     def close(self) -> None:

@@ -163,6 +163,15 @@ class Sampler:
         penalized = plan.presence_penalty != 0.0 or plan.frequency_penalty != 0.0
         self._counts = np.zeros(vocab_size, dtype=np.float32) if penalized else None
 
+    def forced(self, token: int) -> Pick:
+        """Record a token that a grammar forced (no choice was made: its logprob is 0)."""
+        if self._counts is not None:
+            self._counts[token] += 1
+        if self._seen is not None and not self._seen_mask[token]:
+            self._seen_mask[token] = True
+            self._seen = np.flatnonzero(self._seen_mask)
+        return Pick(token, 0.0, [])
+
     def pick(self, logits: np.ndarray) -> Pick:
         """Choose the next token from the float32 ``logits`` of one position and record it."""
         plan = self.plan

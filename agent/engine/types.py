@@ -72,6 +72,9 @@ class SamplingParams:
     repetition_penalty: float | None = None
     """Hugging Face's multiplicative penalty over prompt and generated tokens (not an OpenAI
     parameter); ``None`` = generation_config.json's ``repetition_penalty`` (1.0 = off)."""
+    grammar: str | None = None
+    """An llguidance grammar (``agent.engine.constrain.grammar_for``): only text it allows is
+    generated, and the answer ends when it is complete."""
 
 
 @dataclass(frozen=True, slots=True)
