@@ -31,6 +31,7 @@ from agent.engine.model_files import ModelConfig, onnx_path, read_json, read_mod
 from agent.engine.sampling import Sampler, resolve_sampling
 from agent.engine.session import CPU, Runner, make_runner, open_session
 from agent.engine.tokenizer import ModelTokenizer
+from agent.engine.tool_format import detect_tool_format
 from agent.engine.types import (
     ContextLengthExceeded,
     InvalidRequestError,
@@ -236,6 +237,7 @@ def load_model(
         chat_template=template_kind,
         vocab_size=tokenizer.vocab_size,
         eos_token_ids=tuple(sorted(tokenizer.eos_token_ids)),
+        tool_format=detect_tool_format(template, tokenizer),
     )
     return OnnxChatModel(
         info=info, config=config, tokenizer=tokenizer, template=template,

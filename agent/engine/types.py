@@ -107,6 +107,37 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolFormat:
+    """How a model writes tool calls (``agent.engine.tool_format``)."""
+
+
+    name: str
+    native: bool
+    open: str
+    """The text that opens a call (``""``: none, the call is the bare JSON object)."""
+    close: str = ""
+    """The text that closes a call or a list of calls (``""``: none)."""
+    args_key: str = "arguments"
+    list_body: bool = False
+    """The calls are one JSON array (mistral, phi4) rather than one object per block."""
+    separator: str = ""
+    """Between calls written one after another (llama3: ``;``)."""
+    open_id: int | None = None
+    """``open`` as one special token, when it is one."""
+    close_id: int | None = None
+
+    @property
+    def markers(self) -> dict[int, str]:
+        """Special-token markers by id (their text is not in decoded output)."""
+        out: dict[int, str] = {}
+        if self.open_id is not None:
+            out[self.open_id] = self.open
+        if self.close_id is not None:
+            out[self.close_id] = self.close
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class ModelInfo:
     path: Path
     context_length: int
@@ -126,6 +157,8 @@ class ModelInfo:
     ``<|im_start|>``) or ``none`` (``encode_chat`` raises ``TemplateError``)."""
     vocab_size: int = 0
     eos_token_ids: tuple[int, ...] = ()
+    tool_format: ToolFormat | None = None
+    """How this model writes tool calls; ``None`` for models that do not chat (embeddings)."""
 
 
 class LoadedModel(Protocol):

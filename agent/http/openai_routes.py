@@ -9,6 +9,7 @@ queued, while generating, or while streaming — gives the turn back within one 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,7 +18,7 @@ import msgspec
 from quart import Blueprint, Response, request
 
 from agent.engine.types import SamplingParams, TokenChoice
-from agent.http import schemas, sse
+from agent.http import schemas, sse, tool_use
 from agent.http.errors import ApiError, from_exception, invalid_request
 from agent.http.responses import AnswerFormat, Assembler, ChatFormat, CompletionFormat, Piece
 from agent.http.state import state
@@ -88,14 +89,18 @@ async def get_model(model: str) -> Response:
 async def chat_completions() -> Response:
     req = schemas.decode(await request.get_data(as_text=False), schemas.ChatCompletionRequest)
     schemas.check_chat(req)
-    messages = schemas.template_messages(req)
-    tools = schemas.template_tools(req)
     params = schemas.sampling_params(req, state().settings.models.default_max_tokens)
-    lease = await _acquire(req.model)
+    lease = await _acquire(req.model or None)
+    try:
+        use = tool_use.plan(req, lease.info)
+    except BaseException:
+        lease.release()
+        raise
+    params = dataclasses.replace(params, grammar=use.grammar)
     fmt = ChatFormat(lease.key, logprobs=params.logprobs)
     return await _answer(
-        lease, lambda: lease.encode_chat(messages, tools=tools), "messages", params, fmt,
-        Assembler(parse_tools=tools is not None), stream=bool(req.stream), include_usage=req.include_usage,
+        lease, lambda: lease.encode_chat(use.messages, tools=use.tools), "messages", params, fmt,
+        Assembler(tool_format=use.format), stream=bool(req.stream), include_usage=req.include_usage,
     )
 
 
@@ -104,7 +109,10 @@ async def completions() -> Response:
     req = schemas.decode(await request.get_data(as_text=False), schemas.CompletionRequest)
     prompt = schemas.check_completion(req)
     params = schemas.sampling_params(req, COMPLETIONS_DEFAULT_MAX_TOKENS)
-    lease = await _acquire(req.model)
+    answer = tool_use.answer_grammar(req.response_format)
+    if answer is not None:
+        params = dataclasses.replace(params, grammar=answer.whole)
+    lease = await _acquire(req.model or None)
     fmt = CompletionFormat(lease.key, logprobs=params.logprobs, echo=prompt if req.echo and isinstance(prompt, str) else None)
 
     async def encode() -> list[int]:

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.engine.types import Step, TokenChoice
+from agent.engine.types import Step, TokenChoice, ToolFormat
 from agent.http.tools import ParsedToolCall, ToolCallParser
 
 
@@ -28,8 +28,9 @@ class Piece:
 class Assembler:
     """Collects steps into pieces; knows the finish reason and the completion token count."""
 
-    def __init__(self, *, parse_tools: bool = False) -> None:
-        self._tools = ToolCallParser() if parse_tools else None
+    def __init__(self, *, tool_format: ToolFormat | None = None) -> None:
+        self._tools = ToolCallParser(tool_format) if tool_format is not None else None
+        self._markers = tool_format.markers if tool_format is not None else {}
         self._tokens: list[TokenChoice] = []
         self.completion_tokens = 0
         self.finish_reason = "stop"
@@ -40,7 +41,11 @@ class Assembler:
         if step.finish_reason is not None:
             # "cancelled" only happens when the client is gone; report it as a stop if anyone asks.
             self.finish_reason = "length" if step.finish_reason == "length" else "stop"
-        text = self._tools.feed(step.text) if self._tools else step.text
+        text = step.text
+        if self._markers and any(t.token_id in self._markers for t in step.tokens):
+            # special-token markers are not in decoded text; the parser needs to see them
+            text = "".join(self._markers.get(t.token_id, "") for t in step.tokens) + text
+        text = self._tools.feed(text) if self._tools else text
         if not text:
             return None
         piece, self._tokens = Piece(text, self._tokens), []

@@ -257,6 +257,9 @@ def _response_format(req: ResponsesRequest) -> schemas.ResponseFormat | None:
         return None
     if fmt.type == "json_schema" and (fmt.schema is None or not fmt.name):
         raise invalid_request("text.format json_schema needs 'name' and 'schema'", param="text.format")
+    if fmt.type == "json_schema":
+        return schemas.ResponseFormat(type="json_schema", json_schema=schemas.JsonSchemaSpec(
+            name=fmt.name, schema_=fmt.schema))
     return schemas.ResponseFormat(type=fmt.type)
 
 

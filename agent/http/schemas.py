@@ -28,8 +28,21 @@ class StreamOptions(Struct, kw_only=True):
     include_usage: bool | None = None
 
 
+class JsonSchemaSpec(Struct, kw_only=True):
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = msgspec.field(default=None, name="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(Struct, kw_only=True):
+    """``text``, ``json_object``, ``json_schema``; hflocal extensions: ``lark`` (a Lark grammar in
+    ``lark``) and ``regex`` (a regular expression in ``regex``)."""
+
     type: str
+    json_schema: JsonSchemaSpec | None = None
+    lark: str | None = None
+    regex: str | None = None
 
 
 class ContentPart(Struct, kw_only=True):
@@ -110,6 +123,7 @@ class CompletionRequest(_Common, kw_only=True):
     echo: bool | None = None
     logprobs: Annotated[int, Meta(ge=0, le=5)] | None = None
     suffix: str | None = None
+    response_format: ResponseFormat | None = None
     best_of: Annotated[int, Meta(ge=0, le=20)] | None = None
 
 
@@ -164,11 +178,6 @@ def _check_common(req: _Common) -> None:
 def check_chat(req: ChatCompletionRequest) -> None:
     """Refuse what cannot be honoured; raise a 400 that names the parameter."""
     _check_common(req)
-    if req.response_format is not None and req.response_format.type != "text":
-        raise invalid_request(
-            f"response_format type '{req.response_format.type}' is not supported by hflocal (only 'text')",
-            param="response_format.type",
-        )
     if req.top_logprobs and not req.logprobs:
         raise invalid_request("logprobs must be true when top_logprobs is set", param="top_logprobs")
     for i, tool in enumerate(req.tools or ()):

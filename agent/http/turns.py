@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 
-from agent.engine.types import SamplingParams, Step
-from agent.http import schemas
+from agent.engine.types import SamplingParams, Step, ToolFormat
+from agent.http import schemas, tool_use
 from agent.http.errors import invalid_request
 from agent.http.responses import Assembler
 from agent.http.state import state
@@ -63,7 +64,7 @@ class Turn:
     lease: Lease
     prompt_ids: list[int]
     params: SamplingParams
-    parse_tools: bool
+    tool_format: ToolFormat | None
 
     @property
     def model(self) -> str:
@@ -75,7 +76,7 @@ class Turn:
     async def events(self) -> AsyncGenerator[TurnEvent, None]:
         """Run the generation. Always ends with ``Finished`` unless the engine raises; the lease is
         released when the iterator ends, is closed, or its task is cancelled (client gone)."""
-        assembler = Assembler(parse_tools=self.parse_tools)
+        assembler = Assembler(tool_format=self.tool_format)
         stops = tuple(self.params.stop)
         raw = bytearray()
         last: Step | None = None
@@ -120,15 +121,15 @@ async def prepare(req: schemas.ChatCompletionRequest, param: str = "messages") -
     prompt. Raises ``ApiError`` (400 naming ``param`` for an empty or too long prompt) or the
     pool's errors; on any error the turn is given back."""
     schemas.check_chat(req)
-    messages = schemas.template_messages(req)
-    tools = schemas.template_tools(req)
     params = schemas.sampling_params(req, state().settings.models.default_max_tokens)
-    lease = await state().pool.acquire(req.model)
+    lease = await state().pool.acquire(req.model or None)
     task = asyncio.current_task()
     if task is not None:
         task.add_done_callback(lambda _: lease.release())
     try:
-        prompt_ids = await lease.encode_chat(messages, tools=tools)
+        use = tool_use.plan(req, lease.info)
+        params = dataclasses.replace(params, grammar=use.grammar)
+        prompt_ids = await lease.encode_chat(use.messages, tools=use.tools)
         if not prompt_ids:
             raise invalid_request(f"The {param} is empty", param=param)
         too_long = schemas.error_for_context(len(prompt_ids), lease.info.context_length, param)
@@ -137,7 +138,7 @@ async def prepare(req: schemas.ChatCompletionRequest, param: str = "messages") -
     except BaseException:
         lease.release()
         raise
-    return Turn(lease, prompt_ids, params, parse_tools=tools is not None)
+    return Turn(lease, prompt_ids, params, tool_format=use.format)
 
 
 async def count_prompt_tokens(req: schemas.ChatCompletionRequest) -> tuple[str, int]:

@@ -46,9 +46,9 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Models:
     root = tmp_path_factory.mktemp("tiny-models")
-    tiny_a = build_tiny_repo(root / "tiny-a", ("fp32",), reply=REPLY_A)
-    tiny_b = build_tiny_repo(root / "tiny-b", ("fp32",), reply=REPLY_B)
-    build_tiny_repo(root / "tiny-rand", ("fp32",))
+    tiny_a = build_tiny_repo(root / "tiny-a", ("fp32",), reply=REPLY_A, context=2048)
+    tiny_b = build_tiny_repo(root / "tiny-b", ("fp32",), reply=REPLY_B, context=2048)
+    build_tiny_repo(root / "tiny-rand", ("fp32",), context=2048)
     (root / "tiny-broken").mkdir()
     return Models(
         a=variant_for("test-org/tiny-a", root / "tiny-a"),

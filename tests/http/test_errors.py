@@ -45,7 +45,14 @@ BAD_CHAT = [
     ({"messages": HI, "stream": "yes"}, "stream"),
     ({"messages": HI, "seed": 1.5}, "seed"),
     ({"messages": HI, "logit_bias": {"42": 10}}, "logit_bias"),
-    ({"messages": HI, "response_format": {"type": "json_object"}}, "response_format.type"),
+    ({"messages": HI, "response_format": {"type": "xml"}}, "response_format.type"),
+    ({"messages": HI, "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+     "response_format.json_schema.schema"),
+    ({"messages": HI, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"a": {"$ref": "#/nope"}}}}}},
+     "response_format.json_schema.schema"),
+    ({"messages": HI, "response_format": {"type": "regex", "regex": "[a-"}}, "response_format.regex"),
+    ({"messages": HI, "response_format": {"type": "lark", "lark": "start: undefined_rule"}}, "response_format.lark"),
     ({"messages": HI, "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "sometimes"},
      "tool_choice"),
     ({"messages": HI, "model": 42}, "model"),
@@ -118,12 +125,12 @@ async def test_no_active_model_while_one_is_set_up_is_503(app_for: AppFor) -> No
 
 
 async def test_context_too_long(client: Client) -> None:
-    long = [{"role": "user", "content": "The capital of France is Paris. " * 60}]
+    long = [{"role": "user", "content": "The capital of France is Paris. " * 400}]
     for stream in (False, True):
         response = await client.post("/v1/chat/completions", json={"messages": long, "stream": stream})
         error = await error_of(response, 400)
-        assert error["code"] == "context_length_exceeded" and "256" in error["message"]
-    error = await error_of(await client.post("/v1/completions", json={"prompt": "Paris. " * 200}), 400)
+        assert error["code"] == "context_length_exceeded" and "2048" in error["message"]
+    error = await error_of(await client.post("/v1/completions", json={"prompt": "Paris. " * 1500}), 400)
     assert (error["code"], error["param"]) == ("context_length_exceeded", "prompt")
 
 

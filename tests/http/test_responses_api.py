@@ -68,16 +68,18 @@ async def test_items_and_instructions_render_like_chat_messages(app_for: AppFor,
         {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Sunny."}]},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Thanks"}]},
     ]
-    status, body = await post(app, {"instructions": "Be brief.", "input": items, "tools": [WEATHER],
+    status, body = await post(app, {"instructions": "Be brief.", "input": items,
                                     "reasoning": {"summary": "auto"}, "include": ["reasoning.encrypted_content"],
                                     "store": False, "prompt_cache_key": "k", "parallel_tool_calls": True,
-                                    "client_metadata": {"session_id": "s"}, "tool_choice": "auto"})
+                                    "client_metadata": {"session_id": "s"}})
     assert status == 200, body
-    # The tiny template renders each message's role and content: the call turn is an (empty) assistant
-    # message, its output a 'tool' message.
+    # The tiny template knows no tools: the call is written as a <tool_call> block in the assistant's
+    # message and its output as a <tool_response> block from the user (hflocal's generic format).
     text = ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>system\nRules.<|im_end|>\n"
-            "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n<|im_end|>\n"
-            "<|im_start|>tool\nsunny<|im_end|>\n<|im_start|>assistant\nSunny.<|im_end|>\n"
+            "<|im_start|>user\nWeather?<|im_end|>\n<|im_start|>assistant\n<tool_call>\n"
+            '{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
+            "<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n"
+            "<|im_start|>assistant\nSunny.<|im_end|>\n"
             "<|im_start|>user\nThanks<|im_end|>\n<|im_start|>assistant\n")
     assert body["usage"]["input_tokens"] == len(models.tiny_a.encode(text))
 
