@@ -42,6 +42,9 @@ GENERIC_INSTRUCTIONS = (
 )
 """The system message that describes tools to a model whose template has no tools section."""
 
+MAX_PARALLEL_CALLS = 8
+"""The most calls one answer may make (``parallel_tool_calls`` true, the default)."""
+
 RESULT_OPEN, RESULT_CLOSE = "<tool_response>", "</tool_response>"
 
 
@@ -83,6 +86,8 @@ def msgspec_function(tool: schemas.Tool) -> dict[str, Any]:
     out: dict[str, Any] = {"name": function.name}
     if function.description is not None:
         out["description"] = function.description
+    if function.strict:
+        out["strict"] = True
     out["parameters"] = function.parameters if function.parameters is not None else {
         "type": "object", "properties": {}}
     return out
@@ -113,6 +118,8 @@ def answer_grammar(fmt: schemas.ResponseFormat | None) -> Answer | None:
             if not isinstance(schema, dict):
                 raise invalid_request("response_format.json_schema.schema is required (a JSON schema object)",
                                       param=param)
+        if fmt.json_schema is not None and fmt.json_schema.strict:
+            schema = closed(schema)
         return Answer(_compiled("json_schema", schema, param), "%json " + json.dumps(json_options(schema)))
     if fmt.type == "lark":
         if not fmt.lark:
@@ -124,6 +131,19 @@ def answer_grammar(fmt: schemas.ResponseFormat | None) -> Answer | None:
         return Answer(_compiled("regex", fmt.regex, "response_format.regex"), None)
     raise invalid_request(f"response_format type '{fmt.type}' is not supported (text, json_object, json_schema, "
                           "and the hflocal extensions lark and regex)", param="response_format.type")
+
+
+def closed(schema: Any) -> Any:
+    """``schema`` with ``additionalProperties: false`` on every object that does not say (OpenAI's
+    ``strict`` mode requires it of every object; hflocal applies it instead of refusing)."""
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: closed(value) for key, value in schema.items()}
+    if out.get("type") == "object" and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def _compiled(kind: str, source: Any, param: str) -> str:
@@ -142,6 +162,8 @@ def _lark(lines: list[str]) -> str:
 
 def _call_schema(fmt: ToolFormat, function: dict[str, Any]) -> dict[str, Any]:
     parameters = copy.deepcopy(function["parameters"]) if isinstance(function["parameters"], dict) else {}
+    if function.get("strict"):
+        parameters = closed(parameters)
     if parameters.get("type") == "object" and "additionalProperties" not in parameters:
         parameters["additionalProperties"] = False  # no invented arguments
     parameters.pop("$schema", None)
@@ -168,7 +190,8 @@ def tool_grammar(fmt: ToolFormat, functions: list[dict[str, Any]], choice: Any, 
     one = json_options(calls[0] if len(calls) == 1 else {"anyOf": calls})
     lines = ['WS: /[ \\n]{1,2}/']
     if fmt.list_body:
-        array = json_options({"type": "array", "items": one, "minItems": 1, **({} if parallel else {"maxItems": 1})})
+        array = json_options({"type": "array", "items": one, "minItems": 1,
+                              "maxItems": MAX_PARALLEL_CALLS if parallel else 1})
         lines.append(f"body: %json {json.dumps(array)}")
         close = f" WS? {_marker(fmt.close, fmt.close_id)}" if fmt.close else ""
         call_rest = f"WS? body{close}"
@@ -181,7 +204,7 @@ def tool_grammar(fmt: ToolFormat, functions: list[dict[str, Any]], choice: Any, 
             call_rest = "body"
         sep = f'WS? {json.dumps(fmt.separator)} WS?' if fmt.separator else "WS?"
         opener = f"{_marker(fmt.open, fmt.open_id)} " if fmt.open and fmt.separator == "" else ""
-        repeat = f" ({sep} {opener}{call_rest})*" if parallel else ""
+        repeat = f" ({sep} {opener}{call_rest}){{0,{MAX_PARALLEL_CALLS - 1}}}" if parallel else ""
     opening = _marker(fmt.open, fmt.open_id) if fmt.open else ""
     calls_rule = f"calls: {opening} {call_rest}{repeat}".replace("  ", " ")
     lines.append(calls_rule)
