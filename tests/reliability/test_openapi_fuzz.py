@@ -50,7 +50,9 @@ def test_the_document_covers_every_route_and_follows_openai(live: AgentProcess) 
             theirs |= set(sub.get("properties", {})) | set(openai.get(ref, {}).get("properties", {}))
             for inner in openai.get(ref, {}).get("allOf", []):
                 theirs |= set(openai.get(inner.get("$ref", "").rsplit("/", 1)[-1], {}).get("properties", {}))
-        extra = set(ours[name]["properties"]) - theirs - {"top_k"}  # top_k: a common extension (vLLM, llama.cpp)
+        # top_k: a common extension (vLLM, llama.cpp); response_format on completions: hflocal's grammar extension
+        allowed = {"top_k"} | ({"response_format"} if name == "CreateCompletionRequest" else set())
+        extra = set(ours[name]["properties"]) - theirs - allowed
         assert not extra, f"{name}: fields OpenAI does not have: {extra}"
 
 
