@@ -2,7 +2,7 @@
 
 Unknown fields are ignored (clients send many we do not use); known ones are type- and
 range-checked by msgspec, then ``check_chat`` / ``check_completion`` refuse what hflocal cannot do
-honestly (``n`` > 1, JSON mode, images, ``logit_bias``...) with a 400 that names the parameter.
+honestly (``n`` > 1, images, ``logit_bias``...) with a 400 that names the parameter.
 """
 
 from __future__ import annotations
@@ -256,13 +256,6 @@ def _arguments(arguments: str | dict[str, Any]) -> Any:
     except msgspec.DecodeError:
         return arguments
     return parsed if isinstance(parsed, dict) else arguments
-
-
-def template_tools(req: ChatCompletionRequest) -> list[dict[str, Any]] | None:
-    """Tools for the chat template; none when absent or ``tool_choice`` is ``none``."""
-    if not req.tools or req.tool_choice == "none":
-        return None
-    return [{"type": "function", "function": msgspec.to_builtins(tool.function)} for tool in req.tools]
 
 
 def check_completion(req: CompletionRequest) -> str | list[int]:
