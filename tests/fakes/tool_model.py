@@ -21,7 +21,10 @@ MLP outputs otherwise zero, orthonormal embeddings for the chain's tokens, and a
 its successor; the first token after the assistant header is chosen by the two features. Each text is
 a short list of added tokens (non-special, like Qwen's ``<tool_call>``), so no token repeats in a
 chain. The server's constraint may change what such a model writes; these texts are what it writes
-unconstrained, and what a grammar that allows them leaves it to write.
+unconstrained, and what a grammar that allows them leaves it to write: the call's chunks are cut where
+the grammar forces text (see :data:`CALL_CHUNKS`). Where a grammar leaves no chain token allowed (a
+JSON schema's values), a weak bias picks the shortest valid JSON (:data:`FALLBACK`: ``""``, ``0``...),
+so structured output ends instead of running to the token limit.
 """
 
 from __future__ import annotations
@@ -47,10 +50,17 @@ WRITE_ARGUMENTS = {"content": "hello from hflocal", "filePath": "hello.txt"}
 CALL_CHUNKS = (
     "<tool_call>",
     '\n{"name": "write", "arguments": ',
-    '{"content": "hello from hflocal", ',
-    '"filePath": "hello.txt"}',
+    '{"content": "',
+    "hello from hflocal",
+    '", "filePath": "',
+    "hello.txt",
+    '"}',
     "}\n</tool_call>",
 )
+"""Cut where the server's grammar may take over: it forces (fast-forwards) what the schema leaves no
+choice about (the tool's name, a required key and its quotes), tokenized by llguidance; each forced
+run ends on a chunk boundary, so the last forced token is still a chunk the chain knows, and the
+free parts (the two string values) are single chunks the model picks itself."""
 RESULT_CHUNKS = ("Done: ", "hello.txt is written.")
 PLAIN_CHUNKS = ("Hello! ", "I am a tiny test model.")
 CALL_TEXT = "".join(CALL_CHUNKS)
@@ -93,6 +103,8 @@ ROPE_THETA = 1e9
 SCORE = 30.0
 """Attention logit on a marker (vs 0 elsewhere): e^30 outweighs any number of other positions."""
 CHAIN_GAIN, FEATURE_GAIN, THRESHOLD = 10.0, 4.0, 2.0
+FALLBACK, FALLBACK_GAIN = ('"', "0", "]", "}", ","), 1.0
+"""Single-byte tokens a constrained answer falls back to, best first (see ``tool_weights``)."""
 
 
 @dataclass
@@ -184,6 +196,10 @@ def tool_weights(shape: LlamaShape, tok: Tokenizer, seed: int = 0) -> dict[str, 
     head[result, RESULT_SEEN] += FEATURE_GAIN
     head[result, BIAS] -= THRESHOLD
     del plain  # wins when neither feature is on
+    # Where no chain speaks (inside a JSON value a grammar opened), prefer the shortest valid JSON:
+    # close the string, 0, close the array; weak next to a chain's CHAIN_GAIN, strong next to noise.
+    for rank, text in enumerate(FALLBACK):
+        head[tid(text), BIAS] += FALLBACK_GAIN - 0.1 * rank
 
     w: dict[str, np.ndarray] = {"model.embed_tokens.weight": embed, "lm_head.weight": head, "model.norm.weight": np.ones(h, np.float32)}
     norm_scale = float(np.sqrt(h / 2.0))  # RMSNorm of a row of norm sqrt(2)
