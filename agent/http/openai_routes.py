@@ -17,6 +17,8 @@ from typing import Any
 import msgspec
 from quart import Blueprint, Response, request
 
+from agent.engine.embedding_config import read_embedding_config
+from agent.engine.model_files import read_json, read_model_config
 from agent.engine.types import SamplingParams, TokenChoice
 from agent.http import schemas, sse, tool_use
 from agent.http.errors import ApiError, from_exception, invalid_request
@@ -53,7 +55,20 @@ def json_response(payload: Any, status: int = 200) -> Response:
 
 def _model_object(variant: ResolvedVariant) -> dict[str, Any]:
     return {"id": variant.key, "object": "model", "created": variant.created,
-            "owned_by": variant.model_id.split("/", 1)[0], "kind": variant.kind}
+            "owned_by": variant.model_id.split("/", 1)[0], "kind": variant.kind,
+            "context_length": context_length_of(variant)}
+
+
+def context_length_of(variant: ResolvedVariant) -> int | None:
+    """The context (tokens) the variant is served with, read from its files as the loader reads
+    them; ``None`` when they cannot be read (the model then fails to load with the reason)."""
+    try:
+        if variant.kind == "embed":
+            return read_embedding_config(variant.path, graph_pools=False).max_length
+        tokenizer_config = read_json(variant.path / "tokenizer_config.json", required=False)
+        return read_model_config(variant.path, tokenizer_config).context_length
+    except Exception:  # a broken install is reported by the loader, not by the listing
+        return None
 
 
 @blueprint.get("/models")
@@ -101,6 +116,7 @@ async def chat_completions() -> Response:
     return await _answer(
         lease, lambda: lease.encode_chat(use.messages, tools=use.tools), "messages", params, fmt,
         Assembler(tool_format=use.format), stream=bool(req.stream), include_usage=req.include_usage,
+        requested=schemas.requested_max_tokens(req),
     )
 
 
@@ -124,7 +140,8 @@ async def completions() -> Response:
         return prompt
 
     return await _answer(lease, encode, "prompt", params, fmt, Assembler(),
-                         stream=bool(req.stream), include_usage=req.include_usage)
+                         stream=bool(req.stream), include_usage=req.include_usage,
+                         requested=schemas.requested_max_tokens(req))
 
 
 async def _acquire(name: str | None) -> Lease:
@@ -147,13 +164,14 @@ async def _answer(
     *,
     stream: bool,
     include_usage: bool,
+    requested: tuple[int, str] | None = None,
 ) -> Response:
     streaming = False
     try:
         prompt_ids = await encode()
         if not prompt_ids:
             raise invalid_request(f"The {param} is empty", param=param)
-        too_long = schemas.error_for_context(len(prompt_ids), lease.info.context_length, param)
+        too_long = schemas.error_for_context(len(prompt_ids), lease.info.context_length, param, requested)
         if too_long is not None:
             raise too_long
         if stream:

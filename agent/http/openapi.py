@@ -108,7 +108,9 @@ def _components() -> dict[str, Any]:
             "code": {"type": "string"}, "message": {"type": "string"}, "details": {}}},
         "Model": {"type": "object", "required": ["id", "object", "created", "owned_by"], "properties": {
             "id": {"type": "string"}, "object": {"enum": ["model"]}, "created": {"type": "integer"},
-            "owned_by": {"type": "string"}}},
+            "owned_by": {"type": "string"}, "kind": {"enum": ["chat", "embed"]},
+            "context_length": {"type": ["integer", "null"],
+                               "description": "tokens of context the model is served with (hflocal)"}}},
         "ListModelsResponse": {"type": "object", "required": ["object", "data"], "properties": {
             "object": {"enum": ["list"]}, "data": {"type": "array", "items": {"$ref": REF.format(name="Model")}}}},
         "CreateChatCompletionResponse": {"type": "object", "required": ["id", "object", "created", "model", "choices"],

@@ -314,13 +314,34 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, default_max_
     )
 
 
-def error_for_context(prompt_tokens: int, context_length: int, param: str) -> ApiError | None:
-    """A 400 ``context_length_exceeded`` if the prompt leaves no room for one new token."""
-    if prompt_tokens < context_length:
+def requested_max_tokens(req: ChatCompletionRequest | CompletionRequest) -> tuple[int, str] | None:
+    """The answer budget the client asked for, with the field it used; ``None`` when it left it to
+    the server (the default budget is then cut to what the context leaves)."""
+    if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens is not None:
+        return req.max_completion_tokens, "max_completion_tokens"
+    return (req.max_tokens, "max_tokens") if req.max_tokens is not None else None
+
+
+def error_for_context(prompt_tokens: int, context_length: int, param: str,
+                      requested: tuple[int, str] | None = None) -> ApiError | None:
+    """A 400 ``context_length_exceeded`` if the prompt leaves no room for one new token, or, when
+    the client asked for a budget (``requested``: tokens, field), if prompt plus budget exceed the
+    context; the message names every number."""
+    if prompt_tokens < context_length and (requested is None or prompt_tokens + requested[0] <= context_length):
         return None
+    if prompt_tokens >= context_length or requested is None:
+        return invalid_request(
+            f"This model's maximum context length is {context_length} tokens. However, your {param} "
+            f"resulted in {prompt_tokens} tokens (one more is needed for the answer). Please shorten it.",
+            param=param,
+            code="context_length_exceeded",
+        )
+    budget, field = requested
     return invalid_request(
-        f"This model's maximum context length is {context_length} tokens. However, your {param} "
-        f"resulted in {prompt_tokens} tokens (one more is needed for the answer). Please shorten it.",
-        param=param,
+        f"This model's maximum context length is {context_length} tokens. However, you requested "
+        f"{prompt_tokens + budget} tokens ({prompt_tokens} in the {param}, {budget} for the completion "
+        f"as {field}). Please reduce the length of the {param} or {field} (at most "
+        f"{context_length - prompt_tokens} for this {param}).",
+        param=field,
         code="context_length_exceeded",
     )

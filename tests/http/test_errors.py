@@ -134,6 +134,25 @@ async def test_context_too_long(client: Client) -> None:
     assert (error["code"], error["param"]) == ("context_length_exceeded", "prompt")
 
 
+async def test_prompt_plus_max_tokens_over_the_context_names_both(client: Client) -> None:
+    messages = [{"role": "user", "content": "Hi"}]
+    usage = (await (await client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 1})
+                    ).get_json())["usage"]
+    prompt = usage["prompt_tokens"]
+    fits = await client.post("/v1/chat/completions", json={"messages": messages, "max_tokens": 2048 - prompt})
+    assert fits.status_code == 200
+    for field in ("max_tokens", "max_completion_tokens"):
+        for stream in (False, True):
+            over = {"messages": messages, field: 2049 - prompt, "stream": stream}
+            error = await error_of(await client.post("/v1/chat/completions", json=over), 400)
+            assert (error["code"], error["param"]) == ("context_length_exceeded", field)
+            assert all(str(n) in error["message"] for n in (2048, prompt, 2049 - prompt, 2049))
+    error = await error_of(await client.post("/v1/completions", json={"prompt": "Paris", "max_tokens": 5000}), 400)
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "max_tokens") and "5000" in error["message"]
+    # left to the server, the budget is what the context leaves: no error
+    assert (await client.post("/v1/completions", json={"prompt": "Paris"})).status_code == 200
+
+
 async def test_body_too_large_is_413(app_for: AppFor) -> None:
     app, _ = app_for(http=HttpSettings(max_body_bytes=1000))
     payload = {"messages": [{"role": "user", "content": "x" * 2000}]}

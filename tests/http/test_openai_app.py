@@ -176,7 +176,7 @@ async def test_models_and_health(client: Client, models: Models) -> None:
     assert listing["object"] == "list"
     assert [m["id"] for m in listing["data"]] == [v.key for v in models.all]
     assert listing["data"][0] == {"id": models.a.key, "object": "model", "created": 1_700_000_000,
-                                  "owned_by": "test-org", "kind": "chat"}
+                                  "owned_by": "test-org", "kind": "chat", "context_length": 2048}
     one = await (await client.get(f"/v1/models/{models.b.key}")).get_json()
     assert one["id"] == models.b.key
     bare = await (await client.get(f"/v1/models/{models.b.model_id}")).get_json()
