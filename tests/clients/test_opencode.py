@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.tool_model import RESULT_TEXT, WRITE_ARGUMENTS, build_tool_repo
+from tests.fakes.tool_model import CONTEXT, RESULT_TEXT, WRITE_ARGUMENTS, build_tool_repo
 from tests.support.agentproc import AgentProcess, cli, start_agent
 
 pytestmark = pytest.mark.timeout(300)
@@ -51,7 +51,9 @@ def opencode_config(base_url: str) -> dict[str, object]:
                 "npm": "@ai-sdk/openai-compatible",  # bundled in the opencode binary: nothing to install
                 "name": "hflocal",
                 "options": {"baseURL": f"{base_url}/v1", "apiKey": "unused"},
-                "models": {KEY: {"name": "Tool-Agent (hflocal)"}},
+                # the model's context (``context_length`` in /v1/models) and an answer budget that fits
+                # beside OpenCode's prompt: without them OpenCode asks for 32000 tokens and gets a 400
+                "models": {KEY: {"name": "Tool-Agent (hflocal)", "limit": {"context": CONTEXT, "output": 4096}}},
             }
         },
         "model": f"hflocal/{KEY}",
