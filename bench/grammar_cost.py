@@ -265,8 +265,9 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         )
     lines += [
         "",
-        "`mask` = llguidance filling the bitmask + numpy applying it (unpackbits, a `-inf` array, a "
-        "boolean copy); medians of the two parts are not additive, but the apply is most of it. "
+        "`mask` = llguidance filling the bitmask + numpy applying it (few allowed: copy those into a "
+        "preallocated `-inf` row; otherwise the bitmask bytes index a 256 x 8 table of 0 / `-inf` "
+        "into a preallocated row added to the logits); medians of the two parts are not additive. "
         "The 128k tokenizer is synthetic (256 bytes, all byte pairs, 3-symbol tokens), so the same "
         "document takes more tokens. Two shared CPUs: expect ±30% run to run.",
     ]

@@ -98,6 +98,15 @@ class _Vocabulary:
         return self._tokenizer.encode_rendered(text)
 
 
+_BYTE_PENALTY = np.where(
+    np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(bool), 0.0, -np.inf
+).astype(np.float32)
+"""Row ``b``: the logit offsets of the 8 tokens whose bits are byte ``b`` of a bitmask (bit 0 first)."""
+
+_BIT = np.arange(32, dtype=np.intp)
+_SPARSE_FRACTION = 8
+"""``mask`` copies allowed tokens one by one when at most 1/8 of the bitmask words are non-zero."""
+
 _lock = threading.Lock()
 
 
@@ -129,7 +138,11 @@ class Constraint:
             raise GrammarError(f"the grammar does not compile: {_first_line(self._matcher.get_error())}", param)
         self._vocab = self._tok.vocab_size
         self._bitmask = llnp.allocate_token_bitmask(1, self._vocab)
-        self._allowed = np.zeros(self._vocab, dtype=bool)
+        self._bytes = self._bitmask[0].view(np.uint8)
+        # the mask as 0 / -inf per token (one row of 8 per bitmask byte), rewritten at every step
+        self._penalty = np.empty((self._bytes.size, 8), dtype=np.float32)
+        self._out: np.ndarray | None = None
+        self._written: np.ndarray | None = None  # rows of ``_out`` that are not -inf (None: maybe all)
 
     @property
     def done(self) -> bool:
@@ -141,13 +154,39 @@ class Constraint:
         return self._matcher.is_error()
 
     def mask(self, logits: np.ndarray) -> np.ndarray:
-        """``logits`` with every token the grammar forbids set to ``-inf`` (a new array)."""
+        """``logits`` with every token the grammar forbids set to ``-inf``; rows past llguidance's
+        vocabulary are forbidden. ``logits`` is left as it is: the result is this constraint's own
+        buffer, overwritten by the next call.
+
+        No vocabulary-sized array is allocated per step. When few tokens are allowed (most steps of
+        a JSON schema), only they are copied into a buffer that is otherwise ``-inf``; otherwise the
+        bitmask bytes index a 256 x 8 table of ``0`` / ``-inf`` into a preallocated penalty row that
+        is added to the logits (a finite logit plus 0 is itself, exactly)."""
         llnp.fill_next_token_bitmask(self._matcher, self._bitmask, 0)
-        bits = np.unpackbits(self._bitmask[0].view(np.uint8), bitorder="little")[: self._vocab]
-        out = np.full(logits.shape, -np.inf, dtype=np.float32)
-        n = min(self._vocab, logits.shape[0])
-        allowed = bits[:n].astype(bool)
-        out[:n][allowed] = logits[:n][allowed]
+        n = logits.shape[0]
+        out = self._out
+        if out is None or out.shape[0] != n:
+            out = self._out = np.full(n, -np.inf, dtype=np.float32)
+            self._written = np.empty(0, dtype=np.intp)
+        words = self._bitmask[0]
+        live = np.flatnonzero(words)
+        if live.size * _SPARSE_FRACTION <= words.size:
+            if self._written is None:
+                out.fill(-np.inf)
+            else:
+                out[self._written] = -np.inf
+            bits = np.unpackbits(words[live].view(np.uint8).reshape(-1, 4), axis=1, bitorder="little")
+            allowed = (live[:, None] * 32 + _BIT)[bits.view(bool)]
+            allowed = allowed[allowed < min(n, self._vocab)]
+            out[allowed] = logits[allowed]
+            self._written = allowed
+            return out
+        np.take(_BYTE_PENALTY, self._bytes, axis=0, out=self._penalty)
+        penalty = self._penalty.reshape(-1)
+        penalty[self._vocab :] = -np.inf  # the bitmask's last word may have bits past the vocabulary
+        m = min(n, penalty.size)
+        np.add(logits[:m], penalty[:m], out=out[:m])  # rows past the bitmask stay -inf
+        self._written = None
         return out
 
     def accept(self, token: int) -> bool:

@@ -98,3 +98,50 @@ def test_constraint_refuses_tokens_outside_the_grammar(tiny_model: OnnxChatModel
     assert len(a) == 1 and constraint.allows(a[0])
     z = tok.encode_rendered("z")
     assert not constraint.allows(z[0])
+
+
+@pytest.mark.parametrize("extra", [-3, 0, 5, 70])
+def test_mask_matches_the_bitmask_exactly(tiny_model: OnnxChatModel, extra: int) -> None:
+    """The mask keeps allowed logits bit for bit, sets the rest to -inf, forbids rows past the
+    vocabulary (padded logits), and leaves its input alone; a shorter row is masked as far as it goes."""
+    import llguidance.numpy as llnp
+    import numpy as np
+
+    tok = tiny_model.tokenizer
+    constraint = Constraint(tok, grammar_for("json_schema", PERSON, "g"))
+    vocab = constraint._vocab
+    rng = np.random.default_rng(0)
+    for token in tok.encode_rendered('{"name": "Al", "age": 3'):
+        logits = rng.standard_normal(vocab + extra).astype(np.float32)
+        before = logits.copy()
+        masked = constraint.mask(logits).copy()
+        assert np.array_equal(logits, before)
+        bits = np.unpackbits(constraint._bitmask[0].view(np.uint8), bitorder="little")[:vocab].astype(bool)
+        expected = np.full(logits.shape, -np.inf, dtype=np.float32)
+        n = min(vocab, logits.shape[0])
+        expected[:n][bits[:n]] = logits[:n][bits[:n]]
+        assert masked.shape == logits.shape and np.array_equal(masked, expected)
+        llnp.fill_next_token_bitmask(constraint._matcher, constraint._bitmask, 0)
+        assert constraint.allows(token) and constraint.accept(token)
+
+
+def test_mask_dense_and_sparse_steps_alternate(tiny_model: OnnxChatModel) -> None:
+    """Free string content allows most tokens, a key allows few: the reused buffer is right either way."""
+    import numpy as np
+
+    tok = tiny_model.tokenizer
+    constraint = Constraint(tok, grammar_for("json_schema", {"type": "object", "properties": {
+        "s": {"type": "string"}, "t": {"type": "string"}}, "required": ["s", "t"], "additionalProperties": False}, "g"))
+    vocab = constraint._vocab
+    rng = np.random.default_rng(1)
+    dense = []
+    for token in tok.encode_rendered('{"s": "hello there", "t": "x"}'):
+        logits = rng.standard_normal(vocab + 7).astype(np.float32)
+        masked = constraint.mask(logits).copy()
+        dense.append(constraint._written is None)
+        bits = np.unpackbits(constraint._bitmask[0].view(np.uint8), bitorder="little")[:vocab].astype(bool)
+        expected = np.full(logits.shape, -np.inf, dtype=np.float32)
+        expected[:vocab][bits] = logits[:vocab][bits]
+        assert np.array_equal(masked, expected)
+        assert constraint.accept(token)
+    assert any(dense) and not all(dense)
