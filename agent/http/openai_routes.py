@@ -22,7 +22,7 @@ from agent.engine.model_files import read_json, read_model_config
 from agent.engine.types import SamplingParams, TokenChoice
 from agent.http import schemas, sse, tool_use
 from agent.http.errors import ApiError, from_exception, invalid_request
-from agent.http.responses import AnswerFormat, Assembler, ChatFormat, CompletionFormat, Piece
+from agent.http.responses import AnswerFormat, Assembler, ChatFormat, CompletionFormat
 from agent.http.state import state
 from agent.pool import Lease, ModelUnavailableError, ResolvedVariant, UnknownModelError
 
@@ -203,9 +203,10 @@ async def _events(
     assembler: Assembler,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    """The SSE body. One piece is held back so that the last content chunk carries ``finish_reason``;
-    an engine error after the headers went out becomes an ``{"error": ...}`` event. The events of
-    the steps that were ready together are written as one chunk (one send, not one per token)."""
+    """The SSE body. One chunk is held back so that the last one carries ``finish_reason``; an
+    engine error after the headers went out becomes an ``{"error": ...}`` event. The events of the
+    steps that were ready together are written as one chunk (one send, not one per token). Tool
+    calls stream as they are generated (``ChatFormat.chunks``)."""
 
     def chunk(payload: dict[str, Any]) -> bytes:
         if include_usage:
@@ -215,38 +216,30 @@ async def _events(
     try:
         for opening in fmt.opening():
             yield chunk(opening)
-        held: Piece | None = None
+        held: dict[str, Any] | None = None
         try:
             async for steps in lease.batches(prompt_ids, params):
                 ready: list[bytes] = []
                 for step in steps:
                     piece = assembler.feed(step)
-                    if piece is None:
-                        continue
-                    if held is not None:
-                        ready.append(chunk(fmt.piece(held)))
-                    held = piece
+                    for payload in fmt.chunks(piece) if piece is not None else ():
+                        if held is not None:
+                            ready.append(chunk(held))
+                        held = payload
                 if ready:
                     yield b"".join(ready)
-            last, calls = assembler.finish()
+            last, _ = assembler.finish()
         except Exception as exc:
             yield sse.event(from_exception(exc).payload())
             return
-        if last is not None:
-            if held is not None and not last.text:
-                held.tokens += last.tokens
-            else:
-                if held is not None:
-                    yield chunk(fmt.piece(held))
-                held = last
-        finish = assembler.finish_reason
-        if calls:
+        for payload in fmt.chunks(last) if last is not None else ():
             if held is not None:
-                yield chunk(fmt.piece(held))
-            for call_chunk in fmt.tool_calls(calls, finish):
-                yield chunk(call_chunk)
-        elif held is not None:
-            yield chunk(fmt.piece(held, finish))
+                yield chunk(held)
+            held = payload
+        finish = assembler.finish_reason
+        if held is not None:
+            held["choices"][0]["finish_reason"] = finish
+            yield chunk(held)
         else:
             yield chunk(fmt.finish_only(finish))
         if include_usage:

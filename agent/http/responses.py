@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.engine.types import Step, TokenChoice, ToolFormat
-from agent.http.tools import ParsedToolCall, ToolCallParser
+from agent.http.tools import CallDelta, ParsedToolCall, ToolCallParser
 
 
 @dataclass(slots=True)
@@ -23,6 +23,8 @@ class Piece:
 
     text: str
     tokens: list[TokenChoice] = field(default_factory=list)
+    calls: list[CallDelta] = field(default_factory=list)
+    """Tool-call pieces generated since the previous piece (streamed as they come)."""
 
 
 class Assembler:
@@ -46,17 +48,23 @@ class Assembler:
             # special-token markers are not in decoded text; the parser needs to see them
             text = "".join(self._markers.get(t.token_id, "") for t in step.tokens) + text
         text = self._tools.feed(text) if self._tools else text
-        if not text:
+        deltas = self._tools.deltas if self._tools else []
+        if not text and not deltas:
             return None
-        piece, self._tokens = Piece(text, self._tokens), []
+        if not text:
+            return Piece("", [], list(deltas))  # a call's tokens are reported with the last piece
+        piece, self._tokens = Piece(text, self._tokens, list(deltas)), []
         return piece
 
     def finish(self) -> tuple[Piece | None, list[ParsedToolCall]]:
-        """The last piece (held-back text and tokens not yet sent) and any tool calls."""
+        """The last piece (held-back text, tokens and call pieces not yet sent) and the tool calls.
+        ``finish_reason`` is ``tool_calls`` when calls were made, unless the budget ran out inside one
+        (then ``length``: the last call's arguments are incomplete)."""
         text, calls = self._tools.finish() if self._tools else ("", [])
-        if calls:
+        deltas = list(self._tools.deltas) if self._tools else []
+        if calls and not (self._tools and self._tools.cut):
             self.finish_reason = "tool_calls"
-        piece = Piece(text, self._tokens) if text or self._tokens else None
+        piece = Piece(text, self._tokens, deltas) if text or self._tokens or deltas else None
         self._tokens = []
         return piece, calls
 
@@ -107,17 +115,21 @@ class ChatFormat:
     def opening(self) -> list[dict[str, Any]]:
         return [self._chunk({"role": "assistant", "content": ""})]
 
-    def piece(self, piece: Piece, finish: str | None = None) -> dict[str, Any]:
-        return self._chunk({"content": piece.text}, finish, piece.tokens)
+    def chunks(self, piece: Piece) -> list[dict[str, Any]]:
+        """The piece's text (with its tokens' logprobs), then one chunk per tool-call piece: a call's
+        first carries ``index``, ``id``, ``type`` and ``function.name``, the rest more ``arguments``."""
+        out = [self._chunk({"content": piece.text}, None, piece.tokens)] if piece.text or piece.tokens else []
+        for delta in piece.calls:
+            call: dict[str, Any] = {"index": delta.index}
+            if delta.id is not None:
+                call.update(id=delta.id, type="function", function={"name": delta.name, "arguments": delta.arguments})
+            else:
+                call["function"] = {"arguments": delta.arguments}
+            out.append(self._chunk({"tool_calls": [call]}))
+        return out
 
     def finish_only(self, finish: str) -> dict[str, Any]:
         return self._chunk({}, finish)
-
-    def tool_calls(self, calls: list[ParsedToolCall], finish: str) -> list[dict[str, Any]]:
-        return [
-            self._chunk({"tool_calls": [{"index": i, **call.as_openai()}]}, finish if i == len(calls) - 1 else None)
-            for i, call in enumerate(calls)
-        ]
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
@@ -166,14 +178,11 @@ class CompletionFormat:
     def opening(self) -> list[dict[str, Any]]:
         return [self._chunk(self.echo, None, None)] if self.echo else []
 
-    def piece(self, piece: Piece, finish: str | None = None) -> dict[str, Any]:
-        return self._chunk(piece.text, finish, piece.tokens)
+    def chunks(self, piece: Piece) -> list[dict[str, Any]]:
+        return [self._chunk(piece.text, None, piece.tokens)]  # completions never parse tool calls
 
     def finish_only(self, finish: str) -> dict[str, Any]:
         return self._chunk("", finish, [] if self.logprobs else None)
-
-    def tool_calls(self, calls: list[ParsedToolCall], finish: str) -> list[dict[str, Any]]:
-        return []  # completions never parse tool calls
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
         return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.model,
