@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("chat", help="chat with the active (or named) model in the terminal")
     p.add_argument("key", nargs="?")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--max-tokens", type=int, default=512)
+    p.add_argument("--max-tokens", type=int,
+                   help="most tokens per answer (default: the agent's default_max_tokens, cut to what the context leaves)")
     p.add_argument("--temperature", type=float)
     p.set_defaults(func=commands.chat)
 
