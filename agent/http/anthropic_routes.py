@@ -30,7 +30,7 @@ from agent.http.anthropic_schemas import CountTokensRequest, MessagesRequest, to
 from agent.http.errors import ApiError, from_exception
 from agent.http.openai_routes import json_response, require_api_key
 from agent.http.strict import decode_strict
-from agent.http.turns import TICK, Finished, TextDelta, ToolCall, Turn, count_prompt_tokens, keepalive, prepare
+from agent.http.turns import TICK, Finished, TextDelta, ToolCall, ToolCallDelta, Turn, count_prompt_tokens, keepalive, prepare
 
 blueprint = Blueprint("anthropic", __name__)
 blueprint.before_request(require_api_key)
@@ -132,11 +132,34 @@ async def _stream(turn: Turn, message_id: str) -> AsyncIterator[bytes]:
     yield _event("ping", {"type": "ping"})
     index = 0
     text_open = False
+    tool_open: str | None = None  # the call id whose tool_use block is open (its input streaming)
+    streamed: set[str] = set()
     try:
         async for event in keepalive(turn.events(), PING_EVERY_S):
             if event is TICK:
                 yield _event("ping", {"type": "ping"})
+            elif isinstance(event, ToolCallDelta):
+                delta = event.delta
+                if delta.id is not None:
+                    if text_open or tool_open is not None:
+                        yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+                        index, text_open = index + 1, False
+                    tool_open = delta.id
+                    streamed.add(delta.id)
+                    block = {"type": "tool_use", "id": _tool_id(delta.id), "name": delta.name, "input": {}}
+                    yield _event("content_block_start", {"type": "content_block_start", "index": index,
+                                                         "content_block": block})
+                if delta.arguments and tool_open is not None:
+                    yield _event("content_block_delta", {"type": "content_block_delta", "index": index, "delta": {
+                        "type": "input_json_delta", "partial_json": delta.arguments}})
+            elif isinstance(event, ToolCall) and event.call.id in streamed:
+                if tool_open == event.call.id:
+                    yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+                    index, tool_open = index + 1, None
             elif isinstance(event, TextDelta):
+                if tool_open is not None:
+                    yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
+                    index, tool_open = index + 1, None
                 if not text_open:
                     yield _event("content_block_start", {"type": "content_block_start", "index": index,
                                                          "content_block": {"type": "text", "text": ""}})
@@ -155,7 +178,7 @@ async def _stream(turn: Turn, message_id: str) -> AsyncIterator[bytes]:
                 yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
                 index += 1
             elif isinstance(event, Finished):
-                if text_open:
+                if text_open or tool_open is not None:
                     yield _event("content_block_stop", {"type": "content_block_stop", "index": index})
                 yield _event("message_delta", {
                     "type": "message_delta",

@@ -35,7 +35,7 @@ from agent.http.errors import from_exception
 from agent.http.openai_routes import json_response, require_api_key
 from agent.http.responses_api_schemas import ResponsesRequest, to_chat
 from agent.http.strict import decode_strict
-from agent.http.turns import Finished, TextDelta, ToolCall, Turn, prepare
+from agent.http.turns import Finished, TextDelta, ToolCall, ToolCallDelta, Turn, TurnEvent, prepare
 
 blueprint = Blueprint("responses_api", __name__)
 blueprint.before_request(require_api_key)
@@ -67,12 +67,12 @@ class _Answer:
     calls: list[dict[str, Any]] = field(default_factory=list)
     finished: Finished | None = None
 
-    def add(self, event: TextDelta | ToolCall | Finished) -> None:
+    def add(self, event: TurnEvent) -> None:
         if isinstance(event, TextDelta):
             self.text.append(event.text)
         elif isinstance(event, ToolCall):
             self.calls.append(self.call_item(event))
-        else:
+        elif isinstance(event, Finished):
             self.finished = event
 
     def call_item(self, event: ToolCall) -> dict[str, Any]:
@@ -143,6 +143,8 @@ async def _stream(turn: Turn, answer: _Answer) -> AsyncIterator[bytes]:
     index = 0
     text_open = False
     msg = answer.message_id
+    streamed: dict[str, tuple[str, int]] = {}  # call id -> (item id, output_index) of calls streamed as generated
+    current: tuple[str, int] | None = None
 
     def close_text() -> list[bytes]:
         text = "".join(answer.text)
@@ -163,6 +165,27 @@ async def _stream(turn: Turn, answer: _Answer) -> AsyncIterator[bytes]:
                     text_open, index = True, 1
                 yield ev("response.output_text.delta", item_id=msg, output_index=0, content_index=0,
                          delta=event.text, logprobs=[])
+            elif isinstance(event, ToolCallDelta):
+                delta = event.delta
+                if delta.id is not None:
+                    if text_open:
+                        for chunk in close_text():
+                            yield chunk
+                        text_open = False
+                    current = streamed[delta.id] = (f"fc_{uuid.uuid4().hex}", index)
+                    yield ev("response.output_item.added", output_index=index, item={
+                        "type": "function_call", "id": current[0], "call_id": delta.id, "name": delta.name,
+                        "arguments": "", "status": "in_progress"})
+                    index += 1
+                if delta.arguments and current is not None:
+                    yield ev("response.function_call_arguments.delta", item_id=current[0], output_index=current[1],
+                             delta=delta.arguments)
+            elif isinstance(event, ToolCall) and event.call.id in streamed:
+                item = answer.calls[-1]
+                item["id"], at = streamed[event.call.id]
+                yield ev("response.function_call_arguments.done", item_id=item["id"], output_index=at,
+                         name=item["name"], arguments=item["arguments"])
+                yield ev("response.output_item.done", output_index=at, item=item)
             elif isinstance(event, ToolCall):
                 if text_open:
                     for chunk in close_text():
@@ -177,8 +200,8 @@ async def _stream(turn: Turn, answer: _Answer) -> AsyncIterator[bytes]:
                          name=item["name"], arguments=item["arguments"])
                 yield ev("response.output_item.done", output_index=index, item=item)
                 index += 1
-            else:
-                if not text_open and not answer.calls:  # an empty answer is still one (empty) message
+            elif isinstance(event, Finished):
+                if not text_open and not answer.calls and not streamed:  # an empty answer is still one (empty) message
                     yield ev("response.output_item.added", output_index=0, item=answer.message_item("in_progress"))
                     yield ev("response.content_part.added", item_id=msg, output_index=0, content_index=0,
                              part=answer.text_part(""))

@@ -341,7 +341,7 @@ def error_for_context(prompt_tokens: int, context_length: int, param: str,
         f"This model's maximum context length is {context_length} tokens. However, you requested "
         f"{prompt_tokens + budget} tokens ({prompt_tokens} in the {param}, {budget} for the completion "
         f"as {field}). Please reduce the length of the {param} or {field} (at most "
-        f"{context_length - prompt_tokens} for this {param}).",
+        f"{context_length - prompt_tokens} with this {param}).",
         param=field,
         code="context_length_exceeded",
     )

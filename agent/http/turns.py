@@ -7,7 +7,9 @@ context check, model turn and output assembly (tool calls included). What differ
 shape of the answer, so this module hands the answer over as a stream of ``TurnEvent``:
 
 - ``TextDelta`` — assistant text that may be shown now (never part of a tool call);
-- ``ToolCall`` — one complete tool call (name and JSON arguments);
+- ``ToolCallDelta`` — a piece of a tool call as it is generated (``agent.http.tools.CallDelta``: the
+  first of a call carries its id and name, the rest more arguments text), for streaming formatters;
+- ``ToolCall`` — one complete tool call (name and JSON arguments), all of them after the text;
 - ``Finished`` — the last event: why generation ended, the stop string that ended it (if any) and
   the exact token counts.
 
@@ -28,7 +30,7 @@ from agent.http import schemas, tool_use
 from agent.http.errors import invalid_request
 from agent.http.responses import Assembler
 from agent.http.state import state
-from agent.http.tools import ParsedToolCall
+from agent.http.tools import CallDelta, ParsedToolCall
 from agent.pool import Lease
 
 
@@ -43,6 +45,11 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    delta: CallDelta
+
+
+@dataclass(frozen=True, slots=True)
 class Finished:
     reason: str
     """``stop`` (eos or a stop string), ``length`` (the token budget or the context ran out) or
@@ -53,7 +60,7 @@ class Finished:
     completion_tokens: int
 
 
-TurnEvent = TextDelta | ToolCall | Finished
+TurnEvent = TextDelta | ToolCallDelta | ToolCall | Finished
 
 
 @dataclass(slots=True)
@@ -88,11 +95,17 @@ class Turn:
                             raw += bytes(token.bytes)
                     last = step
                     piece = assembler.feed(step)
-                    if piece is not None and piece.text:
-                        yield TextDelta(piece.text)
+                    if piece is not None:
+                        if piece.text:
+                            yield TextDelta(piece.text)
+                        for delta in piece.calls:
+                            yield ToolCallDelta(delta)
             rest, calls = assembler.finish()
-            if rest is not None and rest.text:
-                yield TextDelta(rest.text)
+            if rest is not None:
+                if rest.text:
+                    yield TextDelta(rest.text)
+                for delta in rest.calls:
+                    yield ToolCallDelta(delta)
             for call in calls:
                 yield ToolCall(call)
             reason = assembler.finish_reason

@@ -126,6 +126,8 @@ async def test_tool_use_round_trip_and_stream(app_for: AppFor) -> None:
     partial = "".join(p["delta"]["partial_json"] for n, p in events
                       if n == "content_block_delta" and p["delta"]["type"] == "input_json_delta")
     assert json.loads(partial) == {"city": "Paris"}
+    # the input streams as it is generated, not in one piece at the end
+    assert len([p for n, p in events if n == "content_block_delta" and p["delta"]["type"] == "input_json_delta"]) > 1
     assert [p["index"] for n, p in events if n == "content_block_stop"] == [0, 1]
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
 

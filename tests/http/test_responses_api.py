@@ -128,6 +128,10 @@ async def test_function_calls(app_for: AppFor) -> None:
     args = "".join(e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta")
     done = next(e for e in events if e["type"] == "response.function_call_arguments.done")
     assert json.loads(args) == {"city": "Paris"} and done["arguments"] == args and done["output_index"] == 1
+    # the arguments stream as they are generated; the item keeps its id from added to done to the response
+    assert len([e for e in events if e["type"] == "response.function_call_arguments.delta"]) > 1
+    item_done = [e for e in events if e["type"] == "response.output_item.done"][-1]
+    assert added[1]["item"]["id"] == done["item_id"] == item_done["item"]["id"] == events[-1]["response"]["output"][1]["id"]
     types = [e["type"] for e in events]
     assert types.index("response.output_item.done") < types.index("response.function_call_arguments.delta")
     assert events[-1]["type"] == "response.completed"
