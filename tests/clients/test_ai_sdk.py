@@ -108,7 +108,7 @@ def test_stream_text_streams_the_tool_call(agent: AgentProcess) -> None:
     [start] = [p for p in parts if p["type"] == "tool-input-start"]
     assert start["toolName"] == "write", start
     deltas = [p["delta"] for p in parts if p["type"] == "tool-input-delta"]
-    assert deltas, parts  # how many is the server's business; together they are the arguments
+    assert len(deltas) > 1, parts  # the arguments stream as they are generated; together they are the arguments
     assert all(p["id"] == start["id"] for p in parts if p["type"] == "tool-input-delta"), parts
     assert json.loads("".join(deltas)) == WRITE_ARGUMENTS, deltas
     [call] = [p for p in parts if p["type"] == "tool-call"]
