@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.fakes.tiny_model import build_tiny_repo
-from tests.support.agentproc import AgentProcess, cli, start_agent
+from tests.support.agentproc import AgentProcess, offline_agent_serving
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -30,16 +30,8 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     """One agent for the module, the tiny model (whose answer to anything is REPLY) active."""
     root = tmp_path_factory.mktemp("agent-clis")
     folder = build_tiny_repo(root / "Tiny-Agent", ("q4",), reply=REPLY, context=CONTEXT).path
-    home = root / "home"
-    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
-    started = start_agent(home, env=env)
-    try:
-        for args in (("import", str(folder)), ("use", KEY)):
-            result = cli(*args, home=home, env=env)
-            assert result.returncode == 0, result.stderr
+    with offline_agent_serving(root, folder, KEY) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def tool(name: str) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.fakes.tool_model import PLAIN_TEXT, RESULT_TEXT, WRITE_ARGUMENTS, build_tool_repo
-from tests.support.agentproc import AgentProcess, cli, start_agent
+from tests.support.agentproc import AgentProcess, offline_agent_serving
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -28,17 +28,8 @@ KEY = "huggingface-local/local/Tool-Agent::fp32::auto"
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     """One agent for the module, the tool model active."""
     root = tmp_path_factory.mktemp("ai-sdk")
-    folder = build_tool_repo(root / "Tool-Agent").path
-    home = root / "home"
-    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
-    started = start_agent(home, env=env)
-    try:
-        for args in (("import", str(folder)), ("use", KEY)):
-            result = cli(*args, home=home, env=env)
-            assert result.returncode == 0, result.stderr
+    with offline_agent_serving(root, build_tool_repo(root / "Tool-Agent").path, KEY) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def sdk(agent: AgentProcess, scenario: str, **options: Any) -> dict[str, Any]:

@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,3 +143,22 @@ def start_agent(
     proc.kill()
     proc.wait(10)
     raise RuntimeError(f"hflocal serve did not become ready in {timeout}s:\n{log.read_text(errors='replace')}")
+
+
+OFFLINE_HUB_ENV = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
+"""A Hub that cannot be reached (port 9 on loopback refuses): agents that must work offline."""
+
+
+@contextmanager
+def offline_agent_serving(root: Path, folder: Path, key: str) -> Iterator[AgentProcess]:
+    """An offline agent (its home under ``root``) that imported the model folder ``folder`` and made
+    ``key`` active, stopped on exit: the agent real-client tests drive."""
+    home = root / "home"
+    started = start_agent(home, env=OFFLINE_HUB_ENV)
+    try:
+        for args in (("import", str(folder)), ("use", key)):
+            result = cli(*args, home=home, env=OFFLINE_HUB_ENV)
+            assert result.returncode == 0, result.stderr
+        yield started
+    finally:
+        started.stop()
