@@ -3,13 +3,17 @@
 A plain client of ``/v1/chat/completions`` (stdlib ``urllib`` and a few lines of SSE parsing; no
 extra dependency). What a user may rely on:
 
-- The conversation is kept and sent with every question; ``/clear`` forgets it, ``/exit`` (or
-  ``/quit``) and Ctrl-D end the chat.
+- The conversation is kept and sent with every question; ``/clear`` (or ``/reset``) forgets it,
+  ``/exit`` (or ``/quit``) and Ctrl-D end the chat, ``/help`` lists these. Any other line that starts
+  with ``/word`` is answered here ("unknown command /word; try /help") and never sent to the model.
 - Ctrl-C while an answer streams stops that answer: the connection is closed, which stops the
   generation in the agent within a step, and the prompt comes back (the partial answer stays in the
   conversation). Ctrl-C at the prompt does not quit.
 - With stdin not a terminal every input line is one question and only the answers are printed, one
   per question, so ``echo "What is the capital of Germany?" | hflocal chat`` works in scripts.
+- ``--json``: no banner and no streaming; each answer is one JSON line on stdout,
+  ``{"model", "question", "answer", "completed"}``, and each failure one ``{"error": {"code",
+  "message"}}`` line on stderr.
 - Failures are one line on stderr: no agent, no active model (it says ``hflocal use``), an unknown
   model, an error from the server. The exit status is 0, or 1 if a question failed or the agent
   could not be reached.
@@ -20,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -32,7 +37,11 @@ from ipc.connection import ConnectionInfo
 
 READ_TIMEOUT_S = 600.0
 """Longest silence tolerated from the agent (a model load, a long queue) before giving up."""
-HELP = "/exit or Ctrl-D quits, Ctrl-C stops an answer, /clear forgets the conversation"
+HELP = "/exit or Ctrl-D quits, Ctrl-C stops an answer, /clear (or /reset) forgets the conversation, /help shows this"
+QUIT = ("/exit", "/quit", "/bye")
+CLEAR = ("/clear", "/reset")
+HELP_WORDS = ("/help", "/?")
+_COMMAND = re.compile(r"/[A-Za-z?][\w-]*")
 
 
 class ChatError(Exception):
@@ -151,29 +160,47 @@ def _read(interactive: bool) -> str | None:
     return None if line == "" else line.rstrip("\r\n")
 
 
-def _answer(client: ChatClient, payload: dict[str, Any]) -> tuple[str, bool]:
-    """Stream one answer to stdout; returns ``(text, completed)``. Ctrl-C stops it (not completed)."""
+def local_command(text: str) -> str | None:
+    """The chat command ``text`` starts with (``/clear``), or ``None`` when it is a question for the
+    model. Only ``/word`` counts, so a question such as "/usr/bin holds what?" still goes to the model."""
+    first = text.split(maxsplit=1)[0] if text else ""
+    return first if _COMMAND.fullmatch(first) else None
+
+
+def _fail(message: str, as_json: bool, code: str = "error") -> None:
+    if as_json:
+        print(json.dumps({"error": {"code": code, "message": message}}), file=sys.stderr, flush=True)
+    else:
+        print(f"hflocal: {message}", file=sys.stderr, flush=True)
+
+
+def _answer(client: ChatClient, payload: dict[str, Any], echo: bool = True) -> tuple[str, bool]:
+    """Stream one answer to stdout (``echo``) or only collect it; returns ``(text, completed)``.
+    Ctrl-C stops it (not completed)."""
     pieces: list[str] = []
     stream = client.stream(payload)
     try:
         for piece in stream:
             pieces.append(piece)
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+            if echo:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
     except KeyboardInterrupt:
         stream.close()
-        sys.stdout.write("\n[stopped]\n")
-        sys.stdout.flush()
+        if echo:
+            sys.stdout.write("\n[stopped]\n")
+            sys.stdout.flush()
         return "".join(pieces), False
     except ChatError:
-        if pieces:
+        if pieces and echo:
             sys.stdout.write("\n")
             sys.stdout.flush()
         raise
     finally:
         stream.close()
-    sys.stdout.write("\n")
-    sys.stdout.flush()
+    if echo:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
     return "".join(pieces), True
 
 
@@ -183,6 +210,7 @@ def run_chat(
     system: str | None = None,
     max_tokens: int | None = None,
     temperature: float | None = None,
+    as_json: bool = False,
 ) -> int:
     """The chat loop; returns the exit status."""
     client = ChatClient(info.http_url, _api_key(info))
@@ -190,9 +218,9 @@ def run_chat(
     try:
         chosen = _check_model(client, model)
     except ChatError as exc:
-        print(f"hflocal: {exc}", file=sys.stderr)
+        _fail(str(exc), as_json, "agent_not_running" if exc.fatal else "model")
         return 1
-    if interactive:
+    if interactive and not as_json:
         with contextlib.suppress(ImportError):
             import readline  # noqa: F401 - line editing and history for input()
         print(f"chatting with {chosen} ({HELP})")
@@ -210,14 +238,20 @@ def run_chat(
         text = line.strip()
         if not text:
             continue
-        if text in ("/exit", "/quit", "/bye"):
+        command = local_command(text)
+        if command in QUIT:
             break
-        if text == "/clear":
+        if command in CLEAR:
             history = list(start)
-            print("(conversation cleared)")
+            if not as_json:
+                print("(conversation cleared)")
             continue
-        if text in ("/help", "/?"):
-            print(HELP)
+        if command in HELP_WORDS:
+            if not as_json:
+                print(HELP)
+            continue
+        if command is not None:
+            _fail(f"unknown command {command}; try /help", as_json, "unknown_command")
             continue
         history.append({"role": "user", "content": line})
         payload: dict[str, Any] = {"messages": history}
@@ -228,14 +262,16 @@ def run_chat(
         if temperature is not None:
             payload["temperature"] = temperature
         try:
-            answer, _completed = _answer(client, payload)
+            answer, completed = _answer(client, payload, echo=not as_json)
         except ChatError as exc:
             history.pop()
-            print(f"hflocal: {exc}", file=sys.stderr)
+            _fail(str(exc), as_json, "agent_not_running" if exc.fatal else "error")
             if exc.fatal:
                 return 1
             failed = True
             continue
+        if as_json:
+            print(json.dumps({"model": chosen, "question": line, "answer": answer, "completed": completed}), flush=True)
         if answer:
             history.append({"role": "assistant", "content": answer})
         else:

@@ -33,11 +33,13 @@ from ipc.messages import (
 
 
 class CliError(Exception):
-    """A failure to report as one line; ``status`` is the exit code."""
+    """A failure to report as one line; ``status`` is the exit code, ``code`` a stable name for scripts
+    (the agent's error code when it answered with one, see docs/protocol.md)."""
 
-    def __init__(self, message: str, status: int = 1) -> None:
+    def __init__(self, message: str, status: int = 1, code: str = "error") -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
 
 
 def home_path() -> Path:
@@ -50,7 +52,7 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
     try:
         client = Client(timeout=args.timeout)
     except AgentNotRunning as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), code="agent_not_running") from None
     try:
         yield client
     finally:
@@ -61,17 +63,25 @@ def call(client: Client, request: Request, timeout: float | None = None) -> Any:
     try:
         return client.call(request, timeout=timeout)
     except RemoteError as exc:
-        raise CliError(exc.message) from None
+        raise CliError(exc.message, code=exc.code) from None
     except CallTimeout as exc:
         pid = client.connection.pid
         if not pid_alive(pid):
-            raise CliError(f"the agent (pid {pid}) stopped before answering; start it again with `hflocal serve`") from None
-        raise CliError(str(exc)) from None
+            raise CliError(f"the agent (pid {pid}) stopped before answering; start it again with `hflocal serve`",
+                           code="agent_stopped") from None
+        raise CliError(str(exc), code="timeout") from None
 
 
 def emit_json(value: Any) -> None:
     sys.stdout.buffer.write(msgspec.json.format(msgspec.json.encode(value)) + b"\n")
     sys.stdout.flush()
+
+
+def emit_json_error(code: str, message: str) -> None:
+    """A failure under ``--json``: one line ``{"error": {"code", "message"}}`` on stderr, so stdout only
+    ever holds results and a script can parse the error line as it parses a result."""
+    sys.stderr.buffer.write(msgspec.json.encode({"error": {"code": code, "message": message}}) + b"\n")
+    sys.stderr.flush()
 
 
 # --------------------------------------------------------------------------- commands
@@ -158,8 +168,8 @@ def _resolve_key(client: Client, name: str) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise CliError(f"{name!r} is not installed; `hflocal ls` lists what is")
-    raise CliError(f"{name!r} has several variants, name one: " + ", ".join(matches))
+        raise CliError(f"{name!r} is not installed; `hflocal ls` lists what is", code="not_found")
+    raise CliError(f"{name!r} has several variants, name one: " + ", ".join(matches), code="bad_request")
 
 
 def rm(args: argparse.Namespace) -> int:
@@ -196,7 +206,7 @@ def open_page(args: argparse.Namespace) -> int:
     try:
         info = read_connection(agent_json_path(None))
     except AgentNotRunning as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), code="agent_not_running") from None
     url = settings_url(info.http_url, info.token)
     if args.json:
         emit_json({"url": url})
@@ -230,8 +240,9 @@ def chat(args: argparse.Namespace) -> int:
 
         info = read_connection(agent_json_path(None))
     except AgentNotRunning as exc:
-        raise CliError(str(exc)) from None
-    return run_chat(info, model=args.key, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature)
+        raise CliError(str(exc), code="agent_not_running") from None
+    return run_chat(info, model=args.key, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature,
+                    as_json=args.json)
 
 
 def autostart(args: argparse.Namespace) -> int:
@@ -240,7 +251,7 @@ def autostart(args: argparse.Namespace) -> int:
     try:
         result = apply(args.action, headless=args.headless)
     except AutostartError as exc:
-        raise CliError(str(exc)) from None
+        raise CliError(str(exc), code="autostart") from None
     if args.json:
         emit_json(result)
     else:

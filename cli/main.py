@@ -1,7 +1,8 @@
 """``hflocal``: the command line. ``serve`` runs the worker; the management commands are ZeroMQ clients.
 
 Every failure ends in one line on stderr and a non-zero exit status, never a traceback: 1 for an
-error the agent or the user can fix, 2 for a usage error, 130 for Ctrl-C.
+error the agent or the user can fix, 2 for a usage error, 130 for Ctrl-C. With ``--json`` that line
+is a JSON object, ``{"error": {"code": ..., "message": ...}}``, usage errors included.
 """
 
 from __future__ import annotations
@@ -11,11 +12,25 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+
+from agent import __version__
 
 from cli import commands
 
 Command = Callable[[argparse.Namespace], int]
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error reported as a JSON error line when ``--json`` was asked for."""
+
+    json_asked = False
+
+    def error(self, message: str) -> NoReturn:
+        if Parser.json_asked:
+            commands.emit_json_error("usage", f"{self.prog}: {message}")
+            sys.exit(2)
+        super().error(message)
 
 
 def _add_json(p: argparse.ArgumentParser) -> None:
@@ -32,13 +47,14 @@ def _add_default_model(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="hflocal",
         description="Run Hugging Face ONNX models locally behind an OpenAI-compatible API.",
     )
+    parser.add_argument("--version", action="version", version=f"hflocal {__version__}")
     parser.add_argument("--home", type=Path, help="data root (default: $HFLOCAL_HOME or the user data dir)")
     parser.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the agent's reply")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
 
     p = sub.add_parser("serve", help="run the agent headless (HTTP API + ZeroMQ) in the foreground")
     p.add_argument("--host", help="HTTP host (default 127.0.0.1; see settings.toml)")
@@ -117,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int,
                    help="most tokens per answer (default: the agent's default_max_tokens, cut to what the context leaves)")
     p.add_argument("--temperature", type=float)
+    p.add_argument("--json", action="store_true",
+                   help="one JSON line per answer ({model, question, answer, completed}), errors as JSON lines")
     p.set_defaults(func=commands.chat)
 
     p = sub.add_parser("autostart", help="start hflocal at login: enable [--headless] | disable | status")
@@ -132,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    Parser.json_asked = "--json" in words
+    args = build_parser().parse_args(words)
     if args.home is not None:
         os.environ["HFLOCAL_HOME"] = str(args.home.expanduser().resolve())
     func: Command = args.func
@@ -142,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except commands.CliError as exc:
-        print(f"hflocal: {exc}", file=sys.stderr)
+        if getattr(args, "json", False):
+            commands.emit_json_error(exc.code, str(exc))
+        else:
+            print(f"hflocal: {exc}", file=sys.stderr)
         return exc.status
     except BrokenPipeError:
         return 1

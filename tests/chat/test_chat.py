@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -84,6 +85,40 @@ def test_the_conversation_is_kept_until_cleared(active: AgentProcess) -> None:
     cleared = chat(active.home, "".join(f"{LONG_QUESTION}\n/clear\n" for _ in range(12)))
     assert cleared.returncode == 0, cleared.stderr
     assert cleared.stdout.splitlines() == [REPLY, "(conversation cleared)"] * 12
+
+
+def test_reset_forgets_and_unknown_commands_never_reach_the_model(active: AgentProcess) -> None:
+    """``/reset`` clears like ``/clear`` (the context would overflow without it); any other ``/word``
+    is answered locally: no answer is streamed for it and the next question still gets one."""
+    reset = chat(active.home, "".join(f"{LONG_QUESTION}\n/reset\n" for _ in range(12)))
+    assert reset.returncode == 0, reset.stderr
+    assert reset.stdout.splitlines() == [REPLY, "(conversation cleared)"] * 12
+
+    unknown = chat(active.home, "/frobnicate now\nHi\n/help\n")
+    assert unknown.returncode == 0, unknown.stderr
+    assert unknown.stderr == "hflocal: unknown command /frobnicate; try /help\n"
+    lines = unknown.stdout.splitlines()
+    assert lines[0] == REPLY and len(lines) == 2 and "/reset" in lines[1] and "/help" in lines[1]
+
+
+def test_json_lines(active: AgentProcess) -> None:
+    """``--json``: one object per answer on stdout, one error object per failure on stderr."""
+    result = chat(active.home, "Hi\n/nope\nAgain?\n", "--json")
+    assert result.returncode == 0, result.stderr
+    answers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert answers == [{"model": KEY, "question": q, "answer": REPLY, "completed": True} for q in ("Hi", "Again?")]
+    assert json.loads(result.stderr) == {"error": {"code": "unknown_command",
+                                                   "message": "unknown command /nope; try /help"}}
+
+
+def test_json_errors(agent: AgentProcess) -> None:
+    no_model = chat(agent.home, "Hi\n", "--json")
+    assert (no_model.returncode, no_model.stdout) == (1, "")
+    assert "no model is active" in json.loads(no_model.stderr)["error"]["message"]
+    agent.stop()
+    gone = chat(agent.home, "Hi\n", "--json")
+    assert (gone.returncode, gone.stdout) == (1, "")
+    assert json.loads(gone.stderr)["error"]["code"] == "agent_not_running"
 
 
 def test_a_named_model_needs_no_active_one(agent: AgentProcess) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ from tests.support.agentproc import AgentProcess, cli, start_agent
 from tests.support.worker import TINY, TINY_REPLY, blob, publish, variant_key, wait_until
 
 pytestmark = pytest.mark.timeout(180)
+
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
 
 Q4 = variant_key(TINY, "q4")
 FP32 = variant_key(TINY, "fp32")
@@ -41,15 +44,21 @@ def ok_json(agent: AgentProcess, *args: str) -> Any:
     return json.loads(ok(agent, *args, "--json").stdout)
 
 
-def fails(agent_home: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run a command that must fail: exit 1, nothing on stdout, one line on stderr (returned)."""
+def fails(agent_home: Path, *args: str, env: dict[str, str] | None = None, status: int = 1) -> str:
+    """Run a command that must fail: exit 1, nothing on stdout, one line on stderr; returned as is, or
+    under ``--json`` the message of the ``{"error": {"code", "message"}}`` object that line must be."""
     result = cli(*args, home=agent_home, env=env)
-    assert result.returncode == 1, (args, result.stdout, result.stderr)
+    assert result.returncode == status, (args, result.stdout, result.stderr)
     assert result.stdout == "", result.stdout
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
-    return lines[0]
+    if "--json" not in args:
+        assert lines[0].startswith("hflocal: "), lines[0]
+        return lines[0]
+    error = json.loads(lines[0])["error"]
+    assert set(error) == {"code", "message"} and error["code"] and error["message"], error
+    return str(error["message"])
 
 
 def expected_size(model: TinyModel, quant: str) -> int:
@@ -251,6 +260,23 @@ def test_errors_are_one_line_and_exit_1(agent: AgentProcess, hub_repos: HubRepos
     assert ok_json(agent, "status")["downloads"] == []
 
 
+def test_json_errors_carry_the_agents_code(agent: AgentProcess) -> None:
+    result = cli("pull", "onnx-community/Nope", "--quant", "q4", "--json", home=agent.home)
+    assert json.loads(result.stderr)["error"]["code"] == "repo_not_found", result.stderr
+    result = cli("use", "onnx-community/Nope", "--json", home=agent.home)
+    assert json.loads(result.stderr)["error"]["code"] == "not_found", result.stderr
+
+
+def test_usage_errors_and_version(hermetic_home: Path) -> None:
+    """A usage error exits 2: argparse's text, or with ``--json`` a JSON error line; ``--version``."""
+    line = fails(hermetic_home, "pull", "x", "--quant", "q3", "--json", status=2)
+    assert "invalid choice: 'q3'" in line
+    result = cli("status", "--bogus", home=hermetic_home)
+    assert result.returncode == 2 and "unrecognized arguments: --bogus" in result.stderr and result.stdout == ""
+    version = cli("--version", home=hermetic_home)
+    assert (version.returncode, version.stdout) == (0, f"hflocal {tomllib.loads(PYPROJECT.read_text())['project']['version']}\n")
+
+
 MANAGEMENT = [
     ("search", "qwen"), ("files", TINY), ("pull", TINY), ("ls",), ("rm", Q4), ("use", Q4), ("status",), ("hw",),
     ("stop",),
@@ -262,6 +288,8 @@ def test_without_an_agent_commands_say_how_to_start_one(hermetic_home: Path, arg
     for extra in ((), ("--json",)):
         line = fails(hermetic_home, *args, *extra)
         assert "no hflocal agent is running" in line and "hflocal serve" in line
+    error = json.loads(cli(*args, "--json", home=hermetic_home).stderr)["error"]
+    assert error["code"] == "agent_not_running"
 
 
 def test_a_stale_agent_json_means_no_agent(hermetic_home: Path) -> None:
