@@ -311,6 +311,17 @@ def status(*, platform: str | None = None, env: Mapping[str, str] | None = None)
     return {m: _winreg_get(WINDOWS_VALUES[m]) is not None for m in MODES}  # pragma: no cover
 
 
+def _entries(p: str, loc: Locations) -> list[Path]:
+    """The start-at-login files in place now (``status`` lists them): the desktop entry (also a
+    ``Hidden=true`` one that masks a system-wide entry), the systemd unit and its link, LaunchAgents."""
+    if p == "linux":
+        found = [f for f in (loc.desktop_file, loc.unit_file) if f.exists()]
+        return found + ([loc.unit_link] if loc.unit_link.is_symlink() else [])
+    if p == "darwin":
+        return [loc.launch_agent(m) for m in MODES if loc.launch_agent(m).exists()]
+    return []  # pragma: no cover - Windows: a registry value, not a file
+
+
 def apply(
     action: str,
     *,
@@ -324,7 +335,8 @@ def apply(
 
     ``enable`` turns on the tray, or with ``headless`` the agent alone. ``disable`` turns off both
     (only the agent with ``headless``; ``modes`` narrows it further, as the tray's check item does).
-    Returns ``{"tray": bool, "headless": bool, "files": [...], "message": str}``.
+    Returns ``{"tray": bool, "headless": bool, "files": [...], "message": str}``: ``files`` are those
+    written (enable), removed (disable), or in place now (status).
     """
     p = _platform(platform)
     loc = Locations.from_env(env)
@@ -360,6 +372,7 @@ def apply(
             raise AutostartError(f"cannot disable start at login: {exc}") from None
         message = "start at login is off" if files or p == "win32" else "start at login was already off"
     elif action == "status":
+        files = _entries(p, loc)
         message = ""
     else:
         raise AutostartError(f"unknown action {action!r}: use enable, disable or status")

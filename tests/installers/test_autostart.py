@@ -6,6 +6,7 @@ real user's config. Paths contain spaces, ``%`` and ``$`` on purpose.
 
 from __future__ import annotations
 
+import json
 import os
 import plistlib
 import shutil
@@ -162,6 +163,8 @@ def test_linux_enable_is_idempotent_and_disable_removes_what_it_wrote(tmp_path: 
 
     headless = apply("enable", headless=True, platform="linux", env=env)
     assert headless["tray"] and headless["headless"]
+    assert apply("status", platform="linux", env=env)["files"] == [str(loc.desktop_file), str(loc.unit_file),
+                                                                   str(loc.unit_link)]
     assert loc.unit_link.resolve() == loc.unit_file.resolve()
     assert apply("enable", headless=True, platform="linux", env=env)["files"] == headless["files"]
 
@@ -193,6 +196,7 @@ def test_macos_enable_and_disable(tmp_path: Path) -> None:
     agents = sorted((Path(env["HOME"]) / "Library" / "LaunchAgents").iterdir())
     assert [p.name for p in agents] == ["io.github.hflocal.agent.plist", "io.github.hflocal.tray.plist"]
     assert plistlib.loads(agents[0].read_bytes())["ProgramArguments"][-1] == "serve"
+    assert apply("status", platform="darwin", env=env)["files"] == [str(p) for p in reversed(agents)]
     off = apply("disable", platform="darwin", env=env)
     assert (off["tray"], off["headless"]) == (False, False)
     assert list((Path(env["HOME"]) / "Library" / "LaunchAgents").iterdir()) == []
@@ -214,6 +218,8 @@ def test_cli_autostart_round_trip(tmp_path: Path, hermetic_home: Path) -> None:
     entry = Path(env["XDG_CONFIG_HOME"]) / "autostart" / "hflocal.desktop"
     assert str(hermetic_home) in entry.read_text()  # the tray at login uses the same data root
     status = cli("autostart", "status", "--json", home=hermetic_home, env=env, timeout=60)
-    assert '"tray": true' in status.stdout
+    assert json.loads(status.stdout) == {"tray": True, "headless": False, "files": [str(entry)],
+                                         "message": "start at login: tray"}
     off = cli("autostart", "disable", home=hermetic_home, env=env, timeout=60)
     assert off.returncode == 0 and not entry.exists()
+    assert json.loads(cli("autostart", "status", "--json", home=hermetic_home, env=env, timeout=60).stdout)["files"] == []
