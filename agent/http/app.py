@@ -10,6 +10,12 @@ its own. What a caller may rely on:
 - With ``http.api_key`` (or ``HFLOCAL_API_KEY``) set, ``/v1/*`` needs ``Authorization: Bearer <key>``;
   ``/health`` and extra blueprints are not guarded (they guard themselves if they need to).
 - ``http.cors_origins`` (``"*"`` allowed) gets CORS headers on every route, preflights included.
+- A ``/v1`` request that carries an ``Origin`` (a browser sends one with every cross-site request)
+  is refused with 403 ``forbidden_origin`` before its body is read, whatever its method or
+  ``Content-Type``, unless the origin is listed in ``http.cors_origins`` (or it lists ``"*"``) or
+  is this agent's own page (``http://127.0.0.1:<port>``, ``http://localhost:<port>``). A web page
+  cannot make the agent generate or load a model: a ``text/plain`` POST needs no preflight, so
+  CORS alone would not stop it. Requests without ``Origin`` (curl, SDKs, CLIs) are unaffected.
 - A request whose ``Host`` names another machine (DNS rebinding: ``Host: evil.example`` resolved to
   127.0.0.1) is refused with 403 on every route (the management blueprint applies its own, stricter
   check); loopback names and the bound address pass, and so does any name when the worker was
@@ -32,7 +38,7 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Blueprint, Quart, Response, request
 
-from agent.http.access import is_loopback, split_host
+from agent.http.access import is_loopback, origin_allowed, split_host
 from agent.http.anthropic_routes import blueprint as anthropic_blueprint
 from agent.http.body import finish_body
 from agent.http.embeddings_routes import blueprint as embeddings_blueprint
@@ -88,7 +94,9 @@ def create_app(pool: ModelPool, settings: Settings, *, extra_blueprints: Sequenc
     async def openapi() -> Response:
         return json_response(openapi_document(VERSION))
 
+    app.url_map.merge_slashes = False  # ``/api/installed/%2Fetc%2Fpasswd`` is a key to refuse, not a 308 redirect
     app.before_request(_check_host)
+    app.before_request(_check_origin)
     app.register_blueprint(openai_blueprint, url_prefix="/v1")
     app.register_blueprint(anthropic_blueprint, url_prefix="/v1")
     app.register_blueprint(responses_api_blueprint, url_prefix="/v1")
@@ -114,6 +122,31 @@ async def _check_host() -> None:
                        code="forbidden_host")
 
 
+async def _check_origin() -> None:
+    """Refuse a ``/v1`` request from a web page that is not allowed (see the module docstring)."""
+    origin = request.headers.get("Origin")
+    if origin is None or not request.path.startswith("/v1"):
+        return
+    st = state()
+    if v1_origin_allowed(origin, st.settings.http.cors_origins, st.port, st.settings.http.host):
+        return
+    raise ApiError(403, f"refused: requests from the web page at {origin[:100]!r} may not use this API; add its "
+                   "origin to http.cors_origins in settings.toml to allow it", code="forbidden_origin")
+
+
+def v1_origin_allowed(origin: str, allowed: Sequence[str], port: int, bound: str) -> bool:
+    """Whether a browser request from ``origin`` may use ``/v1``: listed in ``allowed`` (compared
+    without case or a trailing slash; ``"*"`` lets every origin in) or this agent's own page."""
+    return _listed(origin, allowed) or origin_allowed(origin, port, bound)
+
+
+def _listed(origin: str, allowed: Sequence[str]) -> bool:
+    if "*" in allowed:
+        return True
+    wanted = origin.strip().rstrip("/").lower()
+    return any(wanted == listed.strip().rstrip("/").lower() for listed in allowed)
+
+
 def _host_allowed(header: str, bound: str) -> bool:
     """Whether ``Host: header`` names this agent, bound to ``bound``."""
     parsed = split_host(header)
@@ -136,7 +169,7 @@ part of a ``/v1/models`` call under load; remembered for headers of ordinary len
 async def _cors(response: Response) -> Response:
     origins = state().settings.http.cors_origins
     origin = request.headers.get("Origin")
-    if not origin or not origins or ("*" not in origins and origin not in origins):
+    if not origin or not origins or not _listed(origin, origins):
         return response
     response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
     response.headers.add("Vary", "Origin")
