@@ -157,6 +157,9 @@ async def search(rt: Runtime, req: Search) -> SearchResult:
         kind = normalize_kind(req.kind)
     except ValueError as exc:
         raise BadRequestError(str(exc)) from None
+    if not req.query.strip():
+        models, reached = await ask_hub(hub.curated_listing, kind)
+        return SearchResult(query=req.query, models=models[:req.limit], kind=kind, hub_reached=reached)
     models = await ask_hub(hub.search, req.query.strip(), req.limit, kind)
     return SearchResult(query=req.query, models=models, kind=kind)
 

@@ -280,17 +280,25 @@ def curated_models(kind: Kind = "chat") -> list[ModelSummary]:
 
     Never raises: a model the Hub cannot describe (offline, mirror without it) is listed bare.
     """
+    return curated_listing(kind)[0]
+
+
+def curated_listing(kind: Kind = "chat") -> tuple[list[ModelSummary], bool]:
+    """``curated_models(kind)`` and whether the Hub answered at all: False when every model failed
+    with a network error (offline), True when at least one answer (even a 404) came back."""
     client = api()
     ids = CURATED_EMBED if kind == "embed" else CURATED
 
-    def one(model_id: str) -> ModelSummary:
+    def one(model_id: str) -> tuple[ModelSummary, bool]:
         try:
-            return _summary(client.model_info(model_id, timeout=_CURATED_TIMEOUT_S), curated=True, kind=kind)
-        except Exception:  # noqa: BLE001 - offline is normal here: the list must appear anyway
-            return ModelSummary(id=model_id, curated=True, kind=kind)
+            return _summary(client.model_info(model_id, timeout=_CURATED_TIMEOUT_S), curated=True, kind=kind), True
+        except Exception as exc:  # noqa: BLE001 - offline is normal here: the list must appear anyway
+            bare = ModelSummary(id=model_id, curated=True, kind=kind, from_hub=False)
+            return bare, not isinstance(map_error(exc, model_id), NetworkError)
 
     with ThreadPoolExecutor(max_workers=len(ids), thread_name_prefix="hub-curated") as pool:
-        return list(pool.map(one, ids))
+        results = list(pool.map(one, ids))
+    return [summary for summary, _ in results], any(answered for _, answered in results)
 
 
 def search(query: str = "", limit: int = 20, kind: Kind = "chat") -> list[ModelSummary]:

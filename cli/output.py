@@ -41,11 +41,17 @@ def print_search(result: SearchResult) -> None:
     if not result.models:
         print(f"no ONNX {what} models match {result.query!r}")
         return
+    if not result.hub_reached:
+        print("The Hub could not be reached (offline, or see HF_ENDPOINT); these are hflocal's suggestions, "
+              "without Hub data:")
+        print("\n".join(f"  {m.id}  ({m.kind})" for m in result.models))
+        return
     if not result.query and kind == "embed":
         print("Suggested embedding models (search with `hflocal search --kind embed WORDS`):")
     elif not result.query:
         print("Suggested models (search with `hflocal search WORDS`):")
-    rows = [[m.id, m.kind, f"{m.downloads:,}", f"{m.likes:,}"] for m in result.models]
+    rows = [[m.id, m.kind, f"{m.downloads:,}" if m.from_hub else "?", f"{m.likes:,}" if m.from_hub else "?"]
+            for m in result.models]
     print(table(rows, ["MODEL", "KIND", "DOWNLOADS", "LIKES"]))
 
 

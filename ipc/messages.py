@@ -198,6 +198,9 @@ class ModelSummary(Message, kw_only=True):
     curated: bool = False
     kind: str = "chat"
     """``chat`` or ``embed`` (from the pipeline tag; see ``agent.model_kinds``)."""
+    from_hub: bool = True
+    """False for a curated model the Hub could not describe (offline, a mirror without it): its
+    ``downloads``, ``likes``, ``tags`` and ``last_modified`` are unknown, not zero."""
 
 
 class SearchResult(Message, kw_only=True):
@@ -205,6 +208,9 @@ class SearchResult(Message, kw_only=True):
     models: list[ModelSummary]
     kind: str = "chat"
     """The kind that was searched for."""
+    hub_reached: bool = True
+    """False when the Hub could not be reached: ``models`` is then the curated list without Hub data
+    (only an empty query gets that; a search with words fails with ``network`` instead)."""
 
 
 class QuantOption(Message, kw_only=True):

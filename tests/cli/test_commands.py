@@ -97,6 +97,10 @@ def test_search_by_query_and_the_curated_list(agent: AgentProcess, hub_repos: Hu
     curated = ok_json(agent, "search")
     assert [m["id"] for m in curated["models"]] == CURATED
     assert all(m["curated"] for m in curated["models"])
+    # The hub answered (404: it has none of them), so it was reached; their numbers are unknown, not 0.
+    assert curated["hub_reached"] is True and not any(m["from_hub"] for m in curated["models"])
+    assert all(line.split()[2:] == ["?", "?"] for line in human.splitlines()[2:])
+    assert found["hub_reached"] is True and all(m["from_hub"] for m in found["models"])
 
 
 def test_files_lists_each_quantization_with_its_size(agent: AgentProcess, tiny_model: TinyModel) -> None:

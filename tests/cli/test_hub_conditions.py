@@ -55,8 +55,16 @@ def test_hub_unreachable(hermetic_home: Path, agents: list[AgentProcess]) -> Non
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     agent = start_agent(hermetic_home, env={"HF_ENDPOINT": dead})
     agents.append(agent)
-    curated = json.loads(cli("search", "--json", home=hermetic_home).stdout)["models"]
+    found = json.loads(cli("search", "--json", home=hermetic_home).stdout)
+    curated = found["models"]
     assert len(curated) == 5 and all(m["curated"] for m in curated)  # offline, still listed
+    assert found["hub_reached"] is False and not any(m["from_hub"] for m in curated)
+    human = cli("search", home=hermetic_home)
+    assert human.returncode == 0, human.stderr
+    lines = human.stdout.splitlines()
+    assert lines[0].startswith("The Hub could not be reached") and "without Hub data" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == [m["id"] for m in curated]
+    assert "DOWNLOADS" not in human.stdout and " 0 " not in human.stdout
     for args in (("search", "qwen"), ("files", TINY), ("pull", TINY, "--quant", "q4")):
         line = one_error_line(hermetic_home, *args)
         assert f"could not reach the Hub at {dead}: connection refused" in line, line
