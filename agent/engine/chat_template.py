@@ -7,7 +7,8 @@ tools are given and ``default`` otherwise). With none, a ChatML template is used
 ``<|im_start|>`` (it is what such tokenizers were trained for); otherwise rendering raises
 ``TemplateError``.
 
-The Jinja environment matches Hugging Face's: sandboxed, ``trim_blocks``, ``lstrip_blocks``, the
+The Jinja environment matches Hugging Face's: sandboxed (bounded in steps, time and size, see
+``agent.engine.template_sandbox``: a spent budget is a ``TemplateError`` naming the template), ``trim_blocks``, ``lstrip_blocks``, the
 loopcontrols extension and the ``{% generation %}`` tag, ``raise_exception``, ``strftime_now``, and a
 ``tojson`` filter with HF's arguments (``ensure_ascii=False`` by default). Templates get ``messages``,
 ``tools``, ``documents``, ``add_generation_prompt`` and the special-token strings (``bos_token``...).
@@ -28,9 +29,9 @@ from typing import Any
 import jinja2
 import jinja2.ext
 from jinja2 import nodes
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from agent.engine.model_files import read_json
+from agent.engine.template_sandbox import BoundedSandbox, RenderBudgetExceeded, render_bounded
 from agent.engine.types import ModelLoadError, TemplateError
 
 CHATML_TEMPLATE = (
@@ -77,8 +78,17 @@ class _GenerationTag(jinja2.ext.Extension):
         return str(caller())
 
 
-def make_environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+_ERROR_CHARS = 300
+"""An error's text is cut here: a template's exception may quote a value it built."""
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= _ERROR_CHARS else f"{text[:_ERROR_CHARS]}... [{len(text) - _ERROR_CHARS} more characters]"
+
+
+def make_environment() -> BoundedSandbox:
+    env = BoundedSandbox(
         trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationTag, jinja2.ext.loopcontrols]
     )
     env.filters["tojson"] = _tojson
@@ -102,7 +112,7 @@ def loops_over_content(env: jinja2.Environment, source: str) -> bool:
     """True if the template iterates ``message.content`` (it expects OpenAI content parts)."""
     try:
         tree = env.parse(source)
-    except jinja2.TemplateSyntaxError:
+    except Exception:  # noqa: BLE001 - a template that does not parse is reported when compiled
         return False
     return any(_is_content_node(loop.iter) for loop in tree.find_all(nodes.For))
 
@@ -143,8 +153,8 @@ class ChatTemplate:
         for name, source in self.sources.items():
             try:
                 self._compiled[name] = self._env.from_string(source)
-            except jinja2.TemplateSyntaxError as exc:
-                self._errors[name] = f"chat template {name!r} does not compile: {exc}"
+            except Exception as exc:  # noqa: BLE001 - syntax, RecursionError on deep nesting, MemoryError...
+                self._errors[name] = f"chat template {name!r} does not compile: {_short(exc)}"
             self._wants_parts[name] = loops_over_content(self._env, source)
 
     @property
@@ -183,13 +193,17 @@ class ChatTemplate:
             "add_generation_prompt": add_generation_prompt,
         }
         try:
-            return self._compiled[name].render(**context)
+            return render_bounded(self._compiled[name], context)
         except _TemplateRaised as exc:
-            raise TemplateError(f"chat template: {exc}") from None
+            raise TemplateError(f"chat template: {_short(exc)}") from None
+        except RenderBudgetExceeded as exc:
+            raise TemplateError(f"chat template {name!r} exceeded its render budget: {exc}") from None
         except jinja2.TemplateError as exc:  # UndefinedError, SecurityError, runtime syntax errors
-            raise TemplateError(f"chat template failed: {exc}") from None
-        except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as exc:
-            raise TemplateError(f"chat template failed on these messages: {exc}") from None
+            raise TemplateError(f"chat template failed: {_short(exc)}") from None
+        except (RecursionError, MemoryError, OverflowError) as exc:
+            raise TemplateError(f"chat template {name!r} failed: {type(exc).__name__}: {_short(exc)}") from None
+        except Exception as exc:  # noqa: BLE001 - anything else a template does is the template's fault
+            raise TemplateError(f"chat template failed on these messages: {_short(exc)}") from None
 
 
 def _texts_of_parts(parts: list[Any]) -> list[str]:

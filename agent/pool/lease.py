@@ -31,8 +31,8 @@ T = TypeVar("T")
 
 
 INLINE_PROMPT_CHARS = 2048
-"""Prompts up to this many characters (all messages' text together) are tokenized on the event loop;
-longer ones, and chats with tools, in a thread."""
+"""Raw prompts up to this many characters are tokenized on the event loop, longer ones in a thread
+(chats always render in a thread: see ``Lease.encode_chat``)."""
 
 
 class _Runners:
@@ -78,15 +78,6 @@ class _Runners:
 
 
 _runners = _Runners()
-
-
-def _prompt_chars(messages: list[dict[str, Any]]) -> int:
-    """The text in ``messages``; content that is not a string (parts, tool calls) counts as long."""
-    total = 0
-    for message in messages:
-        for value in message.values():
-            total += len(value) if isinstance(value, str) else INLINE_PROMPT_CHARS + 1
-    return total
 
 
 class _Handoff:
@@ -180,10 +171,9 @@ class Lease:
     async def encode_chat(
         self, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None
     ) -> list[int]:
-        """The model's chat template, rendered and tokenized (raises ``TemplateError``): on the loop
-        for a short prompt, else in a thread."""
-        if tools is None and _prompt_chars(messages) <= INLINE_PROMPT_CHARS:
-            return self.model.encode_chat(messages, tools=tools)
+        """The model's chat template, rendered and tokenized (raises ``TemplateError``), always in a
+        thread: the template comes with the model, and even a short prompt may make it run for its
+        whole render budget (``agent.engine.template_sandbox``)."""
         return await asyncio.to_thread(self.model.encode_chat, messages, tools=tools)
 
     async def encode_text(self, text: str) -> list[int]:
