@@ -15,19 +15,22 @@ seed, model, prompt and settings give the same tokens, streaming or not, whateve
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnxruntime as ort
+import psutil
 
 from agent.engine.chat_template import CHATML_TEMPLATE, ChatTemplate, read_template_sources
 from agent.engine.constrain import Constraint
 from agent.engine.contract import GraphContract, discover_contract
 from agent.engine.decode import DecodeStats, run_decode
-from agent.engine.model_files import ModelConfig, onnx_path, read_json, read_model_config
+from agent.engine.model_files import ModelConfig, onnx_path, read_json, read_model_config, usable_context
 from agent.engine.sampling import Sampler, resolve_sampling
 from agent.engine.session import CPU, Runner, make_runner, open_session
 from agent.engine.tokenizer import ModelTokenizer
@@ -42,6 +45,8 @@ from agent.engine.types import (
 )
 from agent.hardware import resolve_device
 from agent.variants import InvalidNameError, normalize_device
+
+log = logging.getLogger(__name__)
 
 
 class OnnxChatModel:
@@ -190,7 +195,8 @@ def load_model(
     """Load ``path`` (onnx-community layout) for ``quantization`` on ``device``.
 
     ``threads`` = 0 keeps onnxruntime's default; ``context_length`` overrides config.json's
-    ``max_position_embeddings`` (use it to cap memory). Raises ``ModelLoadError`` naming the file or
+    ``max_position_embeddings`` (use it to cap memory); either is cut to what the machine can hold
+    (``model_files.usable_context``) before the runner allocates anything sized by it. Raises ``ModelLoadError`` naming the file or
     graph input at fault. A device that cannot be used falls back to the CPU and says why in
     ``info.fallback_reason``.
     """
@@ -223,6 +229,10 @@ def load_model(
     contract = discover_contract(
         session.get_inputs(), session.get_outputs(), config, session.get_overridable_initializers()
     )
+    kv_bytes = sum(spec.num_heads * spec.head_dim * np.dtype(spec.dtype).itemsize for spec in contract.kv)
+    context, cut = usable_context(context, kv_bytes, psutil.virtual_memory().total)
+    if cut:
+        log.warning("%s: %s", folder.name, cut)
     runner = make_runner(session, contract, context, tokenizer.vocab_size)
     info = ModelInfo(
         path=folder,

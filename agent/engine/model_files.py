@@ -33,6 +33,19 @@ the Hub listing (``agent.hub.ONNX_NAMES``) offers q8 for a repo that has only on
 DEFAULT_CONTEXT = 2048
 """Used only when neither config.json nor tokenizer_config.json states a context length."""
 
+MAX_CONTEXT = 1 << 22
+"""The most positions the engine prepares for (4 Mi tokens), whatever config.json says: the attention
+mask and position ids are allocated for the whole context at load (16 bytes a position), so a
+``max_position_embeddings`` of 3e8 would cost 4.8 GB before the first token. Real models' full KV
+caches hit the memory bound of ``usable_context`` long before this."""
+KV_MEMORY_SHARE = 0.5
+"""The KV cache of a full context may take at most this share of the machine's RAM."""
+PER_POSITION_BYTES = 16
+"""The attention mask and position ids kept for every position (int64 each)."""
+_PLAUSIBLE = {"num_hidden_layers": 10_000, "num_attention_heads": 100_000, "num_key_value_heads": 100_000,
+              "head_dim": 100_000, "hidden_size": 10_000_000, "vocab_size": 100_000_000}
+"""Bounds on config.json's sizes: a value past them is no model's; the number is refused, not used."""
+
 
 def read_json(path: Path, *, required: bool) -> dict[str, Any]:
     """The JSON object in ``path``; ``{}`` if it is absent and not ``required``."""
@@ -112,8 +125,36 @@ def _text_config(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def _check_plausible(config: dict[str, Any]) -> None:
+    for key, most in _PLAUSIBLE.items():
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and not 0 < value <= most:
+            raise ModelLoadError(f"config.json: {key} = {value} is not a plausible value (1..{most})")
+
+
+def usable_context(stated: int, kv_bytes_per_token: int, memory_bytes: int) -> tuple[int, str | None]:
+    """The context the engine prepares for: ``stated`` (config.json), cut to ``MAX_CONTEXT`` and to
+    what the machine can hold (a full KV cache in ``KV_MEMORY_SHARE`` of ``memory_bytes``); with the
+    reason when cut. Decided before anything is allocated. A model of which not even a few tokens
+    fit is refused (``ModelLoadError``): its stated sizes cannot be right for this machine."""
+    per_token = kv_bytes_per_token + PER_POSITION_BYTES
+    fits = int(memory_bytes * KV_MEMORY_SHARE) // per_token
+    if fits < 16:
+        raise ModelLoadError(
+            f"one token's KV cache takes {kv_bytes_per_token} bytes (from the graph and config.json): "
+            f"not even 16 tokens fit in this machine's {memory_bytes >> 20} MiB"
+        )
+    bound = min(MAX_CONTEXT, fits)
+    if stated <= bound:
+        return stated, None
+    why = (f"the model states a context of {stated} tokens; using {bound}, "
+           + ("the most hflocal prepares for" if bound == MAX_CONTEXT else "what this machine's memory holds"))
+    return bound, why
+
+
 def read_model_config(folder: Path, tokenizer_config: dict[str, Any]) -> ModelConfig:
     config = _text_config(read_json(folder / "config.json", required=True))
+    _check_plausible(config)
     gen = read_json(folder / "generation_config.json", required=False)
 
     context = None
