@@ -230,6 +230,7 @@ async def _main(paths: Paths, settings: Settings, options: WorkerOptions) -> int
             version=__version__,
             home=str(paths.home),
             started_at=started,
+            event_key=publisher.key,
         )
         write_connection(paths.connection, info)
         log.info("agent ready: %s, zmq %s / %s, home %s", http_url, server.endpoint, publisher.endpoint, paths.home)

@@ -45,11 +45,13 @@ def measure_events(count: int = 100_000) -> dict[str, float]:
     done = threading.Event()
     ready = threading.Event()
     endpoint: list[str] = []
+    key: list[str] = []
 
     async def publish() -> float:
         ctx = zmq.asyncio.Context()
         pub = EventPublisher(ctx, "tcp://127.0.0.1:0", "bench")
         endpoint.append(pub.endpoint)
+        key.append(pub.key)
         ready.set()
         await asyncio.sleep(1.0)  # let the subscription arrive
         t0 = time.perf_counter()
@@ -67,7 +69,7 @@ def measure_events(count: int = 100_000) -> dict[str, float]:
     def subscribe() -> None:
         nonlocal received
         ready.wait()
-        with EventSubscriber(endpoint[0], ("download.",)) as sub:
+        with EventSubscriber(endpoint[0], ("download.",), key=key[0]) as sub:
             while not done.is_set():
                 if sub.recv(0.5) is not None:
                     received += 1

@@ -68,7 +68,7 @@ def _bar(total: int, desc: str, disable: bool) -> tqdm[Any]:
 
 
 def follow_download(client: Client, request: Download, *, detach: bool, as_json: bool) -> int:
-    with EventSubscriber(client.connection.event_endpoint, ("download.",)) as events:
+    with EventSubscriber(client.connection.event_endpoint, ("download.",), key=client.connection.event_key) as events:
         accepted: JobAccepted = call(client, request, timeout=max(client.timeout, 120))
         if detach:
             if as_json:
@@ -154,7 +154,7 @@ def _done(accepted: JobAccepted, size: int, elapsed: float | None, as_json: bool
 
 
 def follow_activation(client: Client, key: str, *, wait: bool, as_json: bool) -> int:
-    with EventSubscriber(client.connection.event_endpoint, ("model.",)) as events:
+    with EventSubscriber(client.connection.event_endpoint, ("model.",), key=client.connection.event_key) as events:
         accepted: JobAccepted = call(client, Activate(key=key))
         key = accepted.key  # the agent's full key for what was asked (events and status use it)
         if not wait:
@@ -191,7 +191,7 @@ def _activated(key: str, provider: str, as_json: bool) -> int:
 
 
 def follow_import(client: Client, request: ImportModel, *, as_json: bool) -> int:
-    with EventSubscriber(client.connection.event_endpoint, ("import.",)) as events:
+    with EventSubscriber(client.connection.event_endpoint, ("import.",), key=client.connection.event_key) as events:
         accepted: JobAccepted = call(client, request, timeout=max(client.timeout, 60))
         bar: tqdm[Any] | None = None
         stage = ""

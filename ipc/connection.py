@@ -26,6 +26,8 @@ class ConnectionInfo(msgspec.Struct, frozen=True, kw_only=True):
     version: str = ""
     home: str = ""
     started_at: float = 0.0
+    event_key: str = ""
+    """What every subscription to ``event_endpoint`` must start with (see ``ipc.events``)."""
 
 
 class AgentNotRunning(RuntimeError):

@@ -3,11 +3,20 @@
 Topics are dotted (``download.progress``), so subscribing to ``download.`` gets every download
 event. PUB/SUB drops messages for slow or late subscribers by design: events are notifications, and
 the authoritative state is always available from the ``status`` request.
+
+Events name the active model and the downloads, which other local users have no business reading:
+every topic frame starts with the per-run ``event_key`` from ``agent.json`` (mode 0600), and the
+socket (an XPUB in manual mode) applies only subscriptions that start with that key: subscribe to
+``<event_key>download.`` for the ``download.*`` events. Any other subscription (``""`` included)
+is ignored, so a subscriber without the key receives nothing at all.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hmac
+import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -23,19 +32,44 @@ from ipc.server import bind
 class EventPublisher:
     """Publishes events from any thread: the socket itself is only touched on the loop's thread."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, session: str) -> None:
-        self._socket = ctx.socket(zmq.PUB)
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, session: str, *, key: str | None = None) -> None:
+        self.key = key or secrets.token_hex(16)
+        """What every subscription must start with (``agent.json``'s ``event_key``)."""
+        self._key = self.key.encode()
+        self._socket = ctx.socket(zmq.XPUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, 10_000)
+        self._socket.setsockopt(zmq.XPUB_MANUAL, 1)
         self.endpoint = bind(self._socket, endpoint, "event")
         self.session = session
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        self.refused = 0
+        """Subscriptions ignored because they did not start with the key."""
+        self._subscriptions = asyncio.ensure_future(self._apply_subscriptions())
+
+    async def _apply_subscriptions(self) -> None:
+        """Apply each subscription that starts with the key to its subscriber's pipe (XPUB_MANUAL:
+        ``setsockopt`` acts on the pipe whose message was read last); ignore the rest."""
+        while not self._closed:
+            try:
+                message = await self._socket.recv()
+            except (zmq.ZMQError, asyncio.CancelledError):
+                return
+            if len(message) < 1 or message[0] not in (0, 1):
+                continue
+            given = message[1:1 + len(self._key)]
+            if len(given) != len(self._key) or not hmac.compare_digest(given, self._key):
+                self.refused += 1
+                continue
+            option = zmq.SUBSCRIBE if message[0] == 1 else zmq.UNSUBSCRIBE
+            with contextlib.suppress(zmq.ZMQError):
+                self._socket.setsockopt(option, message[1:])
 
     def publish(self, event: Event) -> None:
         """Publish ``event`` (its ``session``/``time`` are filled in). Safe from any thread."""
         stamped = msgspec.structs.replace(event, session=self.session, time=time.time())
-        frames = [topic_of(stamped).encode(), encode(stamped)]
+        frames = [self._key + topic_of(stamped).encode(), encode(stamped)]
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -60,12 +94,13 @@ class EventPublisher:
         """Close the socket; events already queued still go out for up to ``linger_ms`` (the worker's
         last ``worker.status`` "stopping" would otherwise be dropped with the socket)."""
         self._closed = True
+        self._subscriptions.cancel()
         self._socket.close(linger=linger_ms)
 
 
-def _subscribe(socket: zmq.Socket[Any], topics: Iterable[str]) -> None:
+def _subscribe(socket: zmq.Socket[Any], topics: Iterable[str], key: str) -> None:
     for topic in topics:
-        socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        socket.setsockopt(zmq.SUBSCRIBE, (key + topic).encode())
 
 
 def decode_event(frames: list[bytes]) -> Event | None:
@@ -80,13 +115,17 @@ def decode_event(frames: list[bytes]) -> Event | None:
 
 
 class EventSubscriber:
-    """Blocking subscriber with timeouts (for CLIs, tests and the tray's background thread)."""
+    """Blocking subscriber with timeouts (for CLIs, tests and the tray's background thread).
 
-    def __init__(self, endpoint: str, topics: Iterable[str] = ("",), ctx: zmq.Context[Any] | None = None) -> None:
+    ``key`` is ``agent.json``'s ``event_key``: without it the agent sends nothing (``""`` only
+    suits a publisher that asks for no key)."""
+
+    def __init__(self, endpoint: str, topics: Iterable[str] = ("",), ctx: zmq.Context[Any] | None = None,
+                 *, key: str = "") -> None:
         self._ctx = ctx or zmq.Context.instance()
         self._socket = self._ctx.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
-        _subscribe(self._socket, topics)
+        _subscribe(self._socket, topics, key)
         self._socket.connect(endpoint)
         self.endpoint = endpoint
 
@@ -112,13 +151,15 @@ class EventSubscriber:
 
 
 class AsyncEventSubscriber:
-    """asyncio subscriber: ``async for event in sub`` or ``await sub.recv(timeout)``."""
+    """asyncio subscriber: ``async for event in sub`` or ``await sub.recv(timeout)``; ``key`` as
+    for ``EventSubscriber``."""
 
-    def __init__(self, endpoint: str, topics: Iterable[str] = ("",), ctx: zmq.asyncio.Context | None = None) -> None:
+    def __init__(self, endpoint: str, topics: Iterable[str] = ("",), ctx: zmq.asyncio.Context | None = None,
+                 *, key: str = "") -> None:
         self._ctx = ctx or zmq.asyncio.Context.instance()
         self._socket = self._ctx.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
-        _subscribe(self._socket, topics)
+        _subscribe(self._socket, topics, key)
         self._socket.connect(endpoint)
 
     async def recv(self, timeout: float | None = None) -> Event | None:

@@ -270,7 +270,7 @@ class Controller:
                         sub = None
                     session = None
                     if info is not None:
-                        sub = EventSubscriber(info.event_endpoint)
+                        sub = EventSubscriber(info.event_endpoint, key=info.event_key)
                         session = info.session
                 if sub is None:
                     self._events_changed.wait(EVENT_POLL_S)

@@ -56,7 +56,7 @@ def test_ctrl_c_cancels_the_job_and_a_second_pull_resumes(
     files = big_repo_files(SIZE)
     publish(hub_repos, BIG, files)
     hub.control.add_fault(DATA, rate_limit_bytes_per_s=1_000_000, times=-1)
-    with EventRecorder(agent.info.event_endpoint, ("download.",)) as events:
+    with EventRecorder(agent.info, ("download.",)) as events:
         events.wait_connected()
         proc = pull_process(agent.home, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:

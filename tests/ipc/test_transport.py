@@ -254,7 +254,7 @@ def test_events_by_prefix_from_any_thread(server: ServerThread) -> None:
     def progress(n: int) -> DownloadProgress:
         return DownloadProgress(job_id="j", key="k", done_bytes=n, total_bytes=10, rate_bps=1.0, eta_s=None, current_file="f")
 
-    with EventSubscriber(server.publisher.endpoint, ("download.",)) as sub:
+    with EventSubscriber(server.publisher.endpoint, ("download.",), key=server.publisher.key) as sub:
         seen = None
         for n in range(50):  # bounded: the subscription takes a moment to reach the publisher
             server.publisher.publish(progress(n))  # from this (foreign) thread
@@ -268,7 +268,7 @@ def test_events_by_prefix_from_any_thread(server: ServerThread) -> None:
 
 def test_async_subscriber(server: ServerThread) -> None:
     async def main() -> Any:
-        sub = AsyncEventSubscriber(server.publisher.endpoint, ("download.",))
+        sub = AsyncEventSubscriber(server.publisher.endpoint, ("download.",), key=server.publisher.key)
         try:
             for n in range(50):
                 server.publisher.publish(

@@ -78,7 +78,7 @@ def test_kill_during_a_model_load(agent: AgentProcess) -> None:
     blobs = sorted(p.name for p in (agent.home / "cache").rglob("*") if p.is_file())
     for _ in range(3):
         worker = start_agent(agent.home)
-        with EventSubscriber(worker.info.event_endpoint, topics=("model.",)) as sub:
+        with EventSubscriber(worker.info.event_endpoint, topics=("model.",), key=worker.info.event_key) as sub:
             sub.recv(0.5)  # model.loading if it arrives (the load may have started before we listened)
             worker.kill()
         manifest = _manifest(agent.home)

@@ -187,13 +187,16 @@ class EventRecorder:
     afterwards can be lost to the PUB/SUB "slow joiner" effect.
     """
 
-    def __init__(self, endpoint: str, topics: tuple[str, ...] = ("",)) -> None:
+    def __init__(self, connection: Any, topics: tuple[str, ...] = ("",)) -> None:
+        """``connection``: what ``agent.json`` says (``event_endpoint``, and ``event_key`` that
+        every subscription and topic starts with; the topics recorded are without it)."""
         self._ctx = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.SUB)
         self._sock.setsockopt(zmq.LINGER, 0)
+        self._key = connection.event_key.encode()
         for topic in {*topics, "worker.status"}:
-            self._sock.setsockopt(zmq.SUBSCRIBE, topic.encode())
-        self._sock.connect(endpoint)
+            self._sock.setsockopt(zmq.SUBSCRIBE, self._key + topic.encode())
+        self._sock.connect(connection.event_endpoint)
         self._topics = topics
         self.events: list[tuple[str, dict[str, Any]]] = []
         self._cond = threading.Condition()
@@ -208,7 +211,7 @@ class EventRecorder:
             topic, payload = self._sock.recv_multipart()
             event = msgspec.msgpack.decode(payload)
             with self._cond:
-                self.events.append((topic.decode(), event))
+                self.events.append((topic[len(self._key):].decode(), event))
                 self._cond.notify_all()
 
     def wait_connected(self, timeout: float = 30.0) -> None:

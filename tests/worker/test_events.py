@@ -22,7 +22,7 @@ Q4 = variant_key(TINY, "q4")
 
 
 def test_heartbeat_and_stopping(agent: AgentProcess) -> None:
-    with EventRecorder(agent.info.event_endpoint, ("worker.",)) as events:
+    with EventRecorder(agent.info, ("worker.",)) as events:
         _, beat = events.wait_for(lambda t, e: t == "worker.status", 30, "a heartbeat")
         assert beat == {**beat, "topic": "worker.status", "pid": agent.proc.pid, "state": "ready",
                         "http_url": agent.http_url, "downloads": 0, "active": None, "model_state": "none",
@@ -34,7 +34,7 @@ def test_heartbeat_and_stopping(agent: AgentProcess) -> None:
 def test_activate_and_delete_by_hand_publish_model_events(agent: AgentProcess) -> None:
     assert cli("pull", TINY, "--quant", "q4", home=agent.home).returncode == 0
     token = agent.info.token
-    with EventRecorder(agent.info.event_endpoint, ("model.",)) as events, raw_req(agent.info.request_endpoint) as req:
+    with EventRecorder(agent.info, ("model.",)) as events, raw_req(agent.info.request_endpoint) as req:
         events.wait_connected()
         reply = req.call({"type": "activate", "token": token, "key": TINY})  # a bare model id
         assert reply["type"] == "ok", reply

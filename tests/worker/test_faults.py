@@ -149,7 +149,7 @@ def test_hub_killed_mid_file_fails_clearly_then_pull_resumes(
         (hermetic_home / "settings.toml").write_text("[hub]\nretries = 0\n")
         agent = start_agent(hermetic_home, env={"HF_ENDPOINT": hub.url})
         agents.append(agent)
-        with EventRecorder(agent.info.event_endpoint, ("download.",)) as events:
+        with EventRecorder(agent.info, ("download.",)) as events:
             events.wait_connected()
             job_id = start_download(agent)
             wait_until(lambda: partial_bytes(hermetic_home, BIG) >= 3 * MIB, 60, "3 MiB on disk")
@@ -184,7 +184,7 @@ def test_hub_restarted_mid_file_the_job_retries_and_finishes(
         hub.control.add_fault(DATA, rate_limit_bytes_per_s=4_000_000, times=-1)
         agent = start_agent(hermetic_home, env={"HF_ENDPOINT": hub.url})
         agents.append(agent)
-        with EventRecorder(agent.info.event_endpoint, ("download.",)) as events:
+        with EventRecorder(agent.info, ("download.",)) as events:
             events.wait_connected()
             job_id = start_download(agent)
             wait_until(lambda: partial_bytes(hermetic_home, BIG) >= 3 * MIB, 60, "3 MiB on disk")

@@ -39,7 +39,7 @@ def test_cancel_by_job_id_and_by_key_keeps_the_bytes_for_a_resume(
     publish(hub_repos, BIG, files)
     hub.control.add_fault(DATA, rate_limit_bytes_per_s=1_000_000, times=-1)
     home = agent.home
-    with agent.client() as client, EventRecorder(agent.info.event_endpoint, ("download.",)) as events:
+    with agent.client() as client, EventRecorder(agent.info, ("download.",)) as events:
         events.wait_connected()
         marks = [MIB, 2 * MIB]
         for how in ("job_id", "key"):
@@ -79,7 +79,7 @@ def test_asking_twice_for_a_running_variant_joins_its_job(
 ) -> None:
     publish(hub_repos, BIG, big_repo_files(SIZE))
     hub.control.add_fault(DATA, rate_limit_bytes_per_s=2_000_000, times=-1)
-    with agent.client() as client, EventRecorder(agent.info.event_endpoint, ("download.",)) as events:
+    with agent.client() as client, EventRecorder(agent.info, ("download.",)) as events:
         events.wait_connected()
         first = client.call(Download(model_id=BIG, quantization="q4"))
         second = client.call(Download(model_id=BIG, quantization="q4", device="auto"))
@@ -99,7 +99,7 @@ def test_two_variants_download_at_once(agent: AgentProcess, hub: HubServer, hub_
     files = big_repo_files(SIZE, fp32_data_size=SIZE)
     publish(hub_repos, BIG, files)
     hub.control.add_fault(f"{BIG}/onnx/*_data", rate_limit_bytes_per_s=2_000_000, times=-1)
-    with agent.client() as client, EventRecorder(agent.info.event_endpoint, ("download.",)) as events:
+    with agent.client() as client, EventRecorder(agent.info, ("download.",)) as events:
         events.wait_connected()
         q4 = client.call(Download(model_id=BIG, quantization="q4"))
         fp32 = client.call(Download(model_id=BIG, quantization="fp32"))

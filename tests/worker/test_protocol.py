@@ -49,7 +49,7 @@ def test_download_events_by_hand_and_progress_is_rate_limited(
     hub.control.add_fault(f"{BIG}/{BIG_DATA}", rate_limit_bytes_per_s=1_000_000, times=-1)
     total = sum(len(data) for name, data in files.items() if name != "README.md")
     key = variant_key(BIG, "q4")
-    with EventRecorder(agent.info.event_endpoint, ("download.", "model.installed_changed")) as events, \
+    with EventRecorder(agent.info, ("download.", "model.installed_changed")) as events, \
             raw_req(agent.info.request_endpoint) as req:
         events.wait_connected()
         reply = req.call({"type": "download", "token": agent.info.token, "id": 1, "model_id": BIG,
