@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
+
 from agent import __version__, hub
 from agent.errors import AgentError, BadRequestError, NetworkError
 from agent.hardware import hardware_info
@@ -30,6 +32,7 @@ from agent.variants import (
 )
 from ipc.messages import (
     Activate,
+    ActivationFailure,
     AnyRequest,
     CancelDownload,
     Cancelled,
@@ -145,7 +148,16 @@ async def status(rt: Runtime, req: Status) -> StatusResult:
         provider=pool.provider,
         downloads=rt.downloads.running(),
         warnings=list(rt.warnings),
+        activation_failed=_failed_activation(rt),
     )
+
+
+def _failed_activation(rt: Runtime) -> ActivationFailure | None:
+    failed = rt.pool.failed_activation
+    if failed is None:
+        return None
+    key, code, message, job_id = failed
+    return ActivationFailure(key=key, code=code, message=message, job_id=job_id)
 
 
 async def search(rt: Runtime, req: Search) -> SearchResult:
@@ -175,7 +187,8 @@ async def model_files(rt: Runtime, req: ModelFiles) -> ModelFilesResult:
 
 async def list_installed(rt: Runtime, req: ListInstalled) -> InstalledResult:
     """Every variant in the store, with the active one marked."""
-    return InstalledResult(models=rt.store.installed())
+    models = [msgspec.structs.replace(m, load_error=rt.pool.load_error(m.key)) for m in rt.store.installed()]
+    return InstalledResult(models=models)
 
 
 @_names

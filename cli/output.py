@@ -69,6 +69,8 @@ def print_installed(result: InstalledResult) -> None:
     rows = []
     for m in result.models:
         state = m.status if not m.error else f"{m.status}: {m.error}"
+        if m.load_error:
+            state += f" (last load failed: {m.load_error})"
         rows.append([("* " if m.active else "  ") + m.key, m.kind, human_bytes(m.size), state])
     print(table(rows, ["  KEY", "KIND", "SIZE", "STATUS"]))
 
@@ -83,6 +85,8 @@ def print_status(s: StatusResult) -> None:
         print(f"provider   {s.provider}")
     if s.model_error:
         print(f"error      {s.model_error}")
+    if s.activation_failed is not None:
+        print(f"failed     {s.activation_failed.key} could not be loaded: {s.activation_failed.message}")
     for d in s.downloads:
         pct = 100 * d.done_bytes / d.total_bytes if d.total_bytes else 0
         print(f"download   {d.key}  {pct:.0f}% of {human_bytes(d.total_bytes)}  {human_bytes(d.rate_bps)}/s")

@@ -169,17 +169,37 @@ def follow_activation(client: Client, key: str, *, wait: bool, as_json: bool) ->
             if isinstance(event, ModelReady) and event.key == key:
                 return _activated(key, event.provider, as_json)
             if isinstance(event, ModelFailed) and event.key == key:
-                raise CliError(f"{key} could not be loaded: {event.message}")
+                now: StatusResult = call(client, Status())
+                raise CliError(f"{key} could not be loaded: {event.message}; {now.active or 'no model'} stays active",
+                               code=event.code)
             if time.monotonic() - last_poll >= POLL_EVERY:
                 last_poll = time.monotonic()
                 _check_alive(client, f"`hflocal use {key}` again")
                 status: StatusResult = call(client, Status())
-                if status.active == key and status.model_state == "ready":
-                    return _activated(key, status.provider or "", as_json)
-                if status.active == key and status.model_state == "failed":
-                    raise CliError(f"{key} could not be loaded: {status.model_error}")
-                if status.active != key:
-                    raise CliError(f"another model ({status.active}) was made active meanwhile")
+                outcome = _activation_outcome(status, key, accepted.job_id)
+                if outcome is not None:
+                    return _activated(key, outcome, as_json)
+
+
+def _activation_outcome(status: StatusResult, key: str, job_id: str) -> str | None:
+    """The provider once ``key`` is active and loaded, ``None`` while its load goes on; raises once
+    the job failed or another activation replaced it. ``active`` switches only after the load, so
+    a model that loads for minutes is ``activating`` meanwhile, not "another model"."""
+    failed = status.activation_failed
+    if failed is not None and failed.key == key and failed.job_id == job_id:
+        raise CliError(f"{key} could not be loaded: {failed.message}; {status.active or 'no model'} stays active",
+                       code=failed.code)
+    if status.activating == key:
+        return None
+    if status.active == key:
+        if status.model_state == "failed":
+            raise CliError(f"{key} could not be loaded: {status.model_error}", code="load_failed")
+        return status.provider or "" if status.model_state in ("ready", "unloaded") else None
+    if status.activating is not None:
+        raise CliError(f"another model ({status.activating}) is being made active instead", code="conflict")
+    if failed is not None and failed.key == key:
+        raise CliError(f"{key} could not be loaded: {failed.message}", code=failed.code)
+    raise CliError(f"another model ({status.active}) was made active meanwhile", code="conflict")
 
 
 def _activated(key: str, provider: str, as_json: bool) -> int:

@@ -168,6 +168,15 @@ class DownloadInfo(Message, kw_only=True):
     state: str = "running"
 
 
+class ActivationFailure(Message, kw_only=True):
+    """The last ``activate`` job whose model did not load; the previous model stayed active."""
+
+    key: str
+    code: str
+    message: str
+    job_id: str = ""
+
+
 class StatusResult(Message, kw_only=True):
     session: str
     pid: int
@@ -186,6 +195,8 @@ class StatusResult(Message, kw_only=True):
     provider: str | None = None
     downloads: list[DownloadInfo] = msgspec.field(default_factory=list)
     warnings: list[str] = msgspec.field(default_factory=list)
+    activation_failed: ActivationFailure | None = None
+    """Set from a failed ``activate`` until one succeeds (the agent restarting forgets it)."""
 
 
 class ModelSummary(Message, kw_only=True):
@@ -247,6 +258,8 @@ class InstalledModel(Message, kw_only=True):
     source: str = "hub"
     kind: str = "chat"
     """``chat`` (chat and text completions) or ``embed`` (``/v1/embeddings``)."""
+    load_error: str | None = None
+    """Why its last load failed (activate or first request), until it loads; ``None`` otherwise."""
 
 
 class InstalledResult(Message, kw_only=True):

@@ -106,6 +106,9 @@ class ModelPool:
         default model); requests that name no model are then told to retry, not that none exists."""
         self._slots: dict[str, _Slot] = {}
         self._failures: dict[str, str] = {}
+        self.failed_activation: tuple[str, str, str, str] | None = None
+        """``(key, code, message, job_id)`` of the last ``activate`` whose load failed (the previous
+        model stayed active), until an ``activate`` succeeds; ``status`` reports it."""
         self._background: set[asyncio.Task[object]] = set()
         self._closed = False
 
@@ -201,12 +204,18 @@ class ModelPool:
                 try:
                     model = await self._ensure_loaded(slot, None)
                 except ModelLoadFailedError as exc:
+                    self.failed_activation = (slot.key, exc.reason_code, self._failures.get(slot.key, exc.message), job_id)
                     self._publish(ModelFailed(key=slot.key, code=exc.reason_code, message=exc.message, job_id=job_id))
                     raise
                 self._publish(ModelReady(key=slot.key, job_id=job_id, provider=model.info.provider,
                                          load_s=round(time.monotonic() - started, 3)))
             else:
-                await self._ensure_loaded(slot, None, job_id=job_id)
+                try:
+                    await self._ensure_loaded(slot, None, job_id=job_id)
+                except ModelLoadFailedError as exc:
+                    self.failed_activation = (slot.key, exc.reason_code, self._failures.get(slot.key, exc.message), job_id)
+                    raise
+            self.failed_activation = None
             old, self._active = self._active, variant.key
             if self._on_active is not None:
                 self._on_active(variant.key)
@@ -245,6 +254,10 @@ class ModelPool:
                 future.cancelled() or future.exception()
         if slot.model is not None:
             self._unload(slot, "deleted")
+
+    def load_error(self, key: str) -> str | None:
+        """Why the last load of ``key`` failed, or ``None`` (never tried, or it loaded since)."""
+        return self._failures.get(key)
 
     def status(self) -> PoolStatus:
         """What is loaded and what the active model is doing; cheap, never blocks."""

@@ -179,6 +179,34 @@ def test_use_loads_the_model_and_the_api_answers(agent: AgentProcess) -> None:
     assert with_json == {"key": Q4, "state": "ready", "provider": "CPUExecutionProvider"}
 
 
+def test_a_failed_use_keeps_the_previous_model_and_says_why(agent: AgentProcess) -> None:
+    ok(agent, "pull", TINY, "--quant", "q4")
+    ok(agent, "pull", TINY, "--quant", "fp32")
+    ok(agent, "use", Q4)
+    (snapshot_of(agent) / "onnx" / "model.onnx").resolve().write_bytes(b"not an onnx graph")
+
+    line = fails(agent.home, "use", FP32)
+    assert f"{FP32} could not be loaded" in line and f"{Q4} stays active" in line
+    error = json.loads(cli("use", FP32, "--json", home=agent.home).stderr)["error"]
+    assert error["code"] == "load_failed" and FP32 in error["message"]
+
+    status = ok_json(agent, "status")
+    assert status["active"] == Q4 and status["model_state"] in ("ready", "unloaded") and status["activating"] is None
+    failed = status["activation_failed"]
+    assert failed["key"] == FP32 and failed["code"] == "load_failed" and failed["message"] and failed["job_id"]
+    assert f"failed     {FP32} could not be loaded" in ok(agent, "status").stdout
+    errors = {m["key"]: m["load_error"] for m in ok_json(agent, "ls")["models"]}
+    assert errors[Q4] is None and errors[FP32] == failed["message"]
+    assert "last load failed" in ok(agent, "ls").stdout
+    answer = httpx.post(agent.http_url + "/v1/chat/completions", timeout=60, json={
+        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 32,
+    }).json()
+    assert answer["model"] == Q4
+
+    ok(agent, "use", Q4)  # a successful activation clears the record
+    assert ok_json(agent, "status")["activation_failed"] is None
+
+
 def test_rm_keeps_files_another_variant_shares(agent: AgentProcess, tiny_model: TinyModel) -> None:
     ok(agent, "pull", TINY, "--quant", "q4")
     ok(agent, "pull", TINY, "--quant", "fp32")
