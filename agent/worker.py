@@ -31,6 +31,7 @@ import zmq
 import zmq.asyncio
 
 from agent import __version__
+from agent.log_records import CappedFormatter, log_thread_errors
 from agent.paths import Paths, default_home
 from agent.settings import Settings, SettingsError, load_settings
 from ipc.connection import ConnectionInfo, pid_alive, read_connection, remove_connection, write_connection
@@ -148,7 +149,7 @@ def _setup_logging(paths: Paths) -> None:
     root = logging.getLogger()
     if any(getattr(h, "_hflocal", False) for h in root.handlers):
         return
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt = CappedFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")  # one record <= 64 KiB
     file_handler = logging.handlers.RotatingFileHandler(
         paths.logs / "agent.log", maxBytes=5_000_000, backupCount=3, encoding="utf-8"
     )
@@ -163,6 +164,7 @@ def _setup_logging(paths: Paths) -> None:
     root.setLevel(logging.INFO)
     for noisy in ("hypercorn.access", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    log_thread_errors()
 
 
 def run_worker(options: WorkerOptions | None = None, home: Path | None = None) -> int:
