@@ -94,7 +94,8 @@ class _Common(Struct, kw_only=True):
     top_k: Annotated[int, Meta(ge=0)] | None = None
     frequency_penalty: Penalty | None = None
     presence_penalty: Penalty | None = None
-    seed: int | None = None
+    seed: Annotated[int, Meta(ge=-(1 << 63), le=(1 << 63) - 1)] | None = None
+    """Any int64, as OpenAI takes it; a negative seed is its two's complement (-1 is 2^64 - 1)."""
     stop: str | StopList | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
@@ -305,7 +306,7 @@ def sampling_params(req: ChatCompletionRequest | CompletionRequest, default_max_
         temperature=req.temperature,
         top_p=req.top_p,
         top_k=req.top_k,
-        seed=req.seed,
+        seed=None if req.seed is None else req.seed % (1 << 64),
         stop=tuple(s for s in stop if s),
         presence_penalty=req.presence_penalty or 0.0,
         frequency_penalty=req.frequency_penalty or 0.0,
