@@ -7,6 +7,7 @@ start with it rather than guessing (and leaves the file exactly as it was).
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -89,7 +90,34 @@ def _check(settings: Settings, path: Path) -> Settings:
             raise bad(key, value, "a ZeroMQ endpoint such as tcp://127.0.0.1:9232 or ipc:///path")
     if settings.zmq.request == settings.zmq.events and not settings.zmq.request.endswith(":0"):  # :0 = any free port
         raise bad("zmq.events", settings.zmq.events, "an endpoint different from zmq.request")
+    if settings.cache_dir:
+        problem = cache_dir_problem(settings.cache_dir)
+        if problem is not None:
+            raise bad("cache_dir", settings.cache_dir, problem)
     return settings
+
+
+_SYSTEM_TREES = ("/proc", "/sys", "/dev")
+
+
+def cache_dir_problem(value: str) -> str | None:
+    """Why ``value`` cannot hold the model cache (a file, a kernel tree, a folder that cannot be
+    written), or ``None``. Checked when the settings are read, so the worker refuses to start with
+    one line instead of failing on its first write."""
+    try:
+        path = Path(value).expanduser().resolve()
+        if any(path == Path(t) or path.is_relative_to(t) for t in _SYSTEM_TREES):
+            return "a folder on a disk, not under /proc, /sys or /dev"
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            return f"a folder, and {existing} is a file" if existing == path else f"a folder, and {existing} is not one"
+        if not os.access(existing, os.W_OK | os.X_OK):
+            return f"a folder this user can write to ({existing} is not writable)"
+    except (OSError, ValueError, RuntimeError) as exc:
+        return f"a usable path ({exc})"
+    return None
 
 
 def load_settings(path: Path) -> Settings:

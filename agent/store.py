@@ -67,6 +67,8 @@ class VariantEntry(msgspec.Struct, frozen=True, kw_only=True):
     revision: str = "main"
     kind: Kind = "chat"
     """``chat`` or ``embed`` (``agent.model_kinds``); manifests written before kinds were known are chat."""
+    job_id: str = ""
+    """The download job that wrote a ``downloading`` entry: a download resumed at start keeps it."""
 
     def to_installed(self, active_key: str | None) -> InstalledModel:
         return InstalledModel(
@@ -122,6 +124,11 @@ class _Manifest(msgspec.Struct, kw_only=True):
     version: int
     active: str | None = None
     variants: dict[str, VariantEntry] = msgspec.field(default_factory=dict)
+
+
+OUTSIDE = "path outside the store"
+"""The error of an entry whose folder is not under the cache (or imported) folder now, e.g. after
+``cache_dir`` changed; it is ready again once the folder is inside again and its files are whole."""
 
 
 class Store:
@@ -267,6 +274,14 @@ class Store:
             raw = manifest.read_bytes()
         except FileNotFoundError:
             raw = None
+        except IsADirectoryError:
+            aside = self._move_aside(manifest)  # a folder is kept, like an unreadable file
+            self._rebuild()
+            self.warnings.append(f"{manifest} was a folder, not a file: kept as {aside.name}, "
+                                 f"rebuilt {len(self._variants)} variant(s) from the cache")
+            self._reconcile()
+            self._save()
+            return
         if raw is None:
             self._rebuild()
             if self._variants:
@@ -304,12 +319,16 @@ class Store:
     def _reconcile(self) -> None:
         for key, entry in list(self._variants.items()):
             if not self._inside_roots(Path(entry.path), entry.files):
-                if entry.status != "error" or entry.error != "path outside the store":
-                    self._variants[key] = msgspec.structs.replace(entry, status="error", error="path outside the store")
+                if entry.status != "error" or entry.error != OUTSIDE:
+                    self._variants[key] = msgspec.structs.replace(entry, status="error", error=OUTSIDE)
                 continue
             if entry.status == "downloading":
                 continue
             missing = entry.missing_files()
+            if entry.status == "error" and entry.error == OUTSIDE and not missing:
+                # Back inside (cache_dir set, then removed): it was stranded, not broken.
+                self._variants[key] = msgspec.structs.replace(entry, status="ready", error=None)
+                continue
             if entry.status == "ready" and missing:
                 shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
                 self._variants[key] = msgspec.structs.replace(entry, status="error", error=f"files missing: {shown}")
