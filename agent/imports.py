@@ -88,15 +88,45 @@ def default_model_name(path: Path) -> str:
     return slug(path.name)
 
 
+SYSTEM_TREES = ("/proc", "/sys", "/dev")
+"""Kernel and device trees: never a model, and reading them can hang or fail at any byte."""
+MAX_FOLDER_FILES = 100_000
+"""A folder with more files than this is not a model folder (``import /`` would walk the disk)."""
+_ACCEPTS = "import accepts a .gguf file, an ONNX folder or a checkpoint folder"
+
+
+def folder_files(path: Path) -> set[str]:
+    """The files under ``path`` (relative, posix), at most ``MAX_FOLDER_FILES`` of them."""
+    names: set[str] = set()
+    for p in path.rglob("*"):
+        if p.is_file():
+            names.add(p.relative_to(path).as_posix())
+            if len(names) > MAX_FOLDER_FILES:
+                raise UnsupportedError(f"{path} holds more than {MAX_FOLDER_FILES} files: not a model folder; {_ACCEPTS}")
+    return names
+
+
 def detect_kind(path: Path) -> str:
-    """``gguf`` | ``onnx`` | ``checkpoint``; raises ``UnsupportedError`` naming what is accepted."""
+    """``gguf`` | ``onnx`` | ``checkpoint``; raises ``UnsupportedError`` naming what is accepted, and
+    ``BadRequestError`` for a path that cannot be read or is no file or folder."""
+    if any(path == Path(tree) or path.is_relative_to(tree) for tree in SYSTEM_TREES):
+        raise BadRequestError(f"{path} is under {', '.join(SYSTEM_TREES)}, not a model; {_ACCEPTS}")
+    try:
+        return _detect_kind(path)
+    except OSError as exc:
+        raise BadRequestError(f"cannot read {exc.filename or path}: {exc.strerror or exc}") from None
+
+
+def _detect_kind(path: Path) -> str:
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise BadRequestError(f"{path} is neither a file nor a folder; {_ACCEPTS}")
     if path.is_file():
         with open(path, "rb") as f:
             if f.read(4) == b"GGUF":
                 return "gguf"
-        raise UnsupportedError(f"{path} is not a GGUF file; import accepts a .gguf file, an ONNX folder or a checkpoint folder")
+        raise UnsupportedError(f"{path} is not a GGUF file; {_ACCEPTS}")
     if path.is_dir():
-        names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+        names = folder_files(path)
         if offered_quantizations(names):
             if "config.json" not in names:
                 raise UnsupportedError(f"{path} has ONNX files but no config.json")
@@ -144,7 +174,7 @@ class Imports:
         if kind == "checkpoint" and not _has_converter():
             raise MissingExtraError(convert_hint())
         if kind == "onnx":
-            names = {p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()}
+            names = await asyncio.to_thread(folder_files, path)
             offered = offered_quantizations(names)
             if not quantizations:
                 quants = offered
