@@ -87,6 +87,10 @@ class _Bar:
         return None
 
 
+def new_job_id() -> str:
+    return "dl-" + secrets.token_hex(4)
+
+
 def bind(job: DownloadJob | None) -> None:
     """Route the current thread's huggingface_hub progress bars to ``job`` (None: back to tqdm)."""
     _local.job = job
@@ -102,8 +106,11 @@ class DownloadJob:
     ``error`` holds the ``AgentError`` of a failed job.
     """
 
-    def __init__(self, key: VariantKey, revision: str, emit: Callable[[Event], None]) -> None:
-        self.job_id = "dl-" + secrets.token_hex(4)
+    def __init__(
+        self, key: VariantKey, revision: str, emit: Callable[[Event], None], job_id: str | None = None
+    ) -> None:
+        self.job_id = job_id or new_job_id()
+        """``dl-`` and 8 hex digits; a download resumed after a restart keeps the id it had."""
         self.key = str(key)
         self.model_id, self.quantization, self.device = key.model_id, key.quantization, key.device
         self.revision = revision

@@ -19,8 +19,9 @@ What callers may rely on:
 - ``cancel`` stops a job within about a second (or a read timeout on a stalled connection). The
   entry is removed if no weight bytes were on disk yet; otherwise it stays as ``error``
   ("cancelled ... download again to resume") with the partial files kept.
-- ``shutdown`` stops all jobs without events and leaves their entries ``downloading``;
-  ``resume_interrupted`` (at the next start) continues them at the same commit.
+- ``shutdown`` stops all jobs, each ending with ``DownloadFailed`` code ``interrupted`` (so a client
+  following it is not left waiting), and leaves their entries ``downloading``;
+  ``resume_interrupted`` (at the next start) continues them at the same commit under the same job id.
 
 huggingface_hub 0.36's ``hf_hub_download`` takes no ``tqdm_class``: per-chunk byte counts come from
 a thread-local hook on its progress-bar factory (``agent.download_job``). Downloads go over plain
@@ -122,9 +123,11 @@ class Downloads:
     # ---- starting ----
 
     def start(
-        self, model_id: str, quantization: str | None = None, device: str | None = None, revision: str = "main"
+        self, model_id: str, quantization: str | None = None, device: str | None = None, revision: str = "main",
+        *, job_id: str | None = None,
     ) -> tuple[DownloadJob, bool]:
-        """Start (or join) the download of one variant; returns ``(job, existing)``.
+        """Start (or join) the download of one variant; returns ``(job, existing)``. ``job_id``: the
+        id to run a new job under (a resumed one keeps its id), else a fresh one.
 
         Raises ``BadRequestError`` for invalid names and the Hub's errors (``repo_not_found``,
         ``gated``, ``no_onnx``, ``quant_not_offered``, ``network``, ``hub_error``), or ``disk_full``
@@ -145,7 +148,7 @@ class Downloads:
                     raise ConflictError("the worker is stopping; downloads resume when it starts again")
                 current = self._jobs.get(str(key))
                 if current is None:
-                    job = DownloadJob(key, revision, self.emit)
+                    job = DownloadJob(key, revision, self.emit, job_id)
                     self._jobs[job.key] = job
                     break
                 if current.state == "running" and not current.stop_requested:
@@ -199,7 +202,7 @@ class Downloads:
         self.store.put(new_entry(
             job.model_id, job.quantization, job.device, path=str(self._snapshot(job)),
             files=[f.path for f in job.files], size=job.total_bytes, commit=job.commit, revision=revision,
-            kind=job.kind,
+            kind=job.kind, job_id=job.job_id,
         ))
         return entry is None
 
@@ -213,7 +216,8 @@ class Downloads:
         jobs: list[DownloadJob] = []
         for entry in self.store.interrupted():
             try:
-                job, _ = self.start(entry.model_id, entry.quantization, entry.device, entry.commit or entry.revision)
+                job, _ = self.start(entry.model_id, entry.quantization, entry.device, entry.commit or entry.revision,
+                                    job_id=entry.job_id or None)
                 jobs.append(job)
             except AgentError as exc:
                 self.warnings.append(f"could not resume the download of {entry.key}: {exc}")
@@ -330,7 +334,10 @@ class Downloads:
 
     def _end_stopped(self, job: DownloadJob) -> None:
         if job.stop_reason == "shutdown":
-            job.state = "stopped"  # the entry stays "downloading": resumed at the next start
+            job.state = "stopped"  # the entry stays "downloading": resumed at the next start, same job id
+            self.emit(DownloadFailed(job_id=job.job_id, key=job.key, code="interrupted", message=(
+                f"the agent stopped during the download of {job.key}; it resumes under job {job.job_id} "
+                "when the agent starts again")))
             return
         job.state = "cancelled"
         entry = self.store.get(job.key)
@@ -386,7 +393,8 @@ class Downloads:
         return [j.info() for j in jobs]
 
     def shutdown(self, wait_s: float = 10.0) -> None:
-        """Stop every job without events; their entries stay ``downloading`` (resumable)."""
+        """Stop every job (each ends with ``DownloadFailed`` code ``interrupted``); their entries stay
+        ``downloading``, resumable under the same job id."""
         with self._lock:
             self._closed = True
             jobs = list(self._jobs.values())

@@ -355,6 +355,7 @@ ERROR_CODES = {
     "load_failed": "the model could not be loaded",
     "busy": "the worker has too many requests in flight; retry shortly",
     "internal": "an unexpected error inside the worker (see the log)",
+    "interrupted": "the agent stopped during the job (a download resumes, same job_id, at the next start)",
 }
 
 

@@ -126,6 +126,12 @@ class RequestServer:
 
     async def _handle(self, envelope: list[bytes], payload: bytes) -> None:
         request_id = _peek_id(payload)
+        # The token first: a map without the right one is "unauthorized" whatever else it holds, so a
+        # client without the token learns nothing (not the request types, not which fields are wrong).
+        token = _peek_token(payload)
+        if token is not None and not hmac.compare_digest(token, self._token):
+            self._send(envelope, Error(id=request_id, code="unauthorized", message="missing or wrong token (see agent.json)"))
+            return
         try:
             request = request_decoder.decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
@@ -184,6 +190,19 @@ def _peek_id(payload: bytes) -> int | str | None:
         if isinstance(rid, (int, str)) and not isinstance(rid, bool):
             return rid
     return None
+
+
+def _peek_token(payload: bytes) -> bytes | None:
+    """The token of a request that decodes as a msgpack map (``b""`` when it has none or it is not a
+    string); ``None`` when the payload is not a readable map, which is then a ``bad_request``."""
+    try:
+        value = msgspec.msgpack.decode(payload)
+    except Exception:  # noqa: BLE001
+        return None
+    if not isinstance(value, dict):
+        return None
+    token = value.get("token")
+    return token.encode() if isinstance(token, str) else b""
 
 
 def _explain_decode(payload: bytes, exc: Exception) -> str:

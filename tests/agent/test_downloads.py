@@ -242,6 +242,8 @@ def test_shutdown_leaves_jobs_resumable_for_the_next_worker(
     events.wait_for(lambda e: isinstance(e, DownloadProgress) and e.done_bytes >= 300_000)
     downloads.shutdown()
     assert job.state == "stopped" and not events.all(DownloadCancelled)
+    [ended] = events.all(DownloadFailed)  # a follower is told, not left waiting
+    assert (ended.job_id, ended.code) == (job.job_id, "interrupted") and job.job_id in ended.message
     assert Store(store.paths).require(Q4).status == "downloading"
     hub.control.clear_faults()
     served_before = hub.control.bytes_served(MODEL)
@@ -249,7 +251,9 @@ def test_shutdown_leaves_jobs_resumable_for_the_next_worker(
     assert [e.key for e in store2.interrupted()] == [Q4]
     jobs = downloads2.resume_interrupted()
     assert [j.key for j in jobs] == [Q4]
+    assert jobs[0].job_id == job.job_id  # resumed under the id its clients know
     assert jobs[0].wait(30) and jobs[0].state == "finished", jobs[0].error
+    assert [e.job_id for e in events.all(DownloadFinished)] == [job.job_id]
     assert jobs[0].resumed_bytes > 0
     assert hub.control.bytes_served(MODEL) - served_before < store2.require(Q4).size
     assert store2.require(Q4).status == "ready"

@@ -59,8 +59,10 @@ def test_download_resumes_after_the_worker_is_killed(
     hub.control.reset()
     store, downloads = make_downloads()
     assert [e.key for e in store.interrupted()] == [Q4]
+    killed_job = store.require(Q4).job_id
+    assert killed_job.startswith("dl-")
     jobs = downloads.resume_interrupted()
-    assert [j.key for j in jobs] == [Q4]
+    assert [j.key for j in jobs] == [Q4] and jobs[0].job_id == killed_job  # the killed job's id goes on
     assert jobs[0].wait(30) and jobs[0].state == "finished", jobs[0].error
     gets = [r for r in hub.control.requests("GET", f"{MODEL}/{BIG}") if r["status"] in (200, 206)]
     assert [(r["range"], r["status"], r["bytes"]) for r in gets] == [(f"bytes={on_disk}-", 206, size - on_disk)]

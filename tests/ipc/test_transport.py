@@ -171,6 +171,22 @@ def test_bad_frames_get_an_error_and_the_server_keeps_serving(
     assert again["type"] == "ok"
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [{"type": "fly"}, {"type": "ping", "token": 5}, {"type": "search", "limit": "ten", "token": "wrong"},
+     {"token": "wrong"}, {"type": "download", "id": 9}],
+    ids=["unknown type", "token not a string", "invalid field", "no type", "missing field"],
+)
+def test_without_the_token_a_client_learns_nothing_but_unauthorized(
+    server: ServerThread, fields: dict[str, object]
+) -> None:
+    """The token is checked before the type and the fields: no request types, no field names."""
+    reply = raw_req(server.endpoint, msgspec.msgpack.encode(fields))
+    assert (reply["type"], reply["code"]) == ("error", "unauthorized"), reply
+    assert reply["message"] == "missing or wrong token (see agent.json)"
+    assert reply["id"] == fields.get("id")
+
+
 def test_extra_frames_are_refused(server: ServerThread) -> None:
     ping = encode(Ping(token=TOKEN))
     reply = raw_req(server.endpoint, [ping, ping])
