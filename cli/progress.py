@@ -98,10 +98,11 @@ def follow_download(client: Client, request: Download, *, detach: bool, as_json:
                         return _done(accepted, event.size_bytes, event.elapsed_s, as_json)
                     elif isinstance(event, DownloadFailed):
                         bar.close()
-                        raise CliError(f"download of {accepted.key} failed: {event.message}")
+                        raise CliError(f"download of {accepted.key} failed: {event.message}", code=event.code)
                     elif isinstance(event, DownloadCancelled):
                         bar.close()
-                        raise CliError(f"download of {accepted.key} was cancelled; `hflocal pull` again resumes it")
+                        raise CliError(f"download of {accepted.key} was cancelled; `hflocal pull` again resumes it",
+                                       code="cancelled")
                     continue
                 if time.monotonic() - last_poll >= POLL_EVERY:
                     last_poll = time.monotonic()
@@ -239,4 +240,4 @@ def follow_import(client: Client, request: ImportModel, *, as_json: bool) -> int
             elif isinstance(event, ImportFailed):
                 if bar is not None:
                     bar.close()
-                raise CliError(f"import failed: {event.message}")
+                raise CliError(f"import failed: {event.message}", code=event.code)

@@ -19,7 +19,7 @@ import pytest
 
 from ipc.messages import Status
 from tests.hubserver import HubRepos, HubServer
-from tests.support.agentproc import AgentProcess, cli
+from tests.support.agentproc import AgentProcess, cli, start_agent
 from tests.support.worker import (
     BIG,
     BIG_DATA,
@@ -151,3 +151,45 @@ def test_pull_says_so_when_the_agent_dies(agent: AgentProcess, hub: HubServer, h
     assert last == (f"hflocal: the agent (pid {agent.proc.pid}) stopped; start it again with `hflocal serve` "
                     "and the download resumes"), err
     assert "Traceback" not in err
+
+
+def test_an_agent_stop_ends_the_pull_and_the_download_resumes_under_its_job_id(
+    agent: AgentProcess, hub: HubServer, hub_repos: HubRepos, agents: list[AgentProcess]
+) -> None:
+    """A stop (not a crash) interrupts the job: the follower gets the terminal ``interrupted`` error
+    at once, and the next agent continues the same job id, which ``status`` shows."""
+    publish(hub_repos, BIG, big_repo_files(SIZE))
+    hub.control.add_fault(DATA, rate_limit_bytes_per_s=1_000_000, times=-1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "pull", BIG, "--quant", "q4", "--json"], cwd=REPO_ROOT, text=True,
+        env={**os.environ, "HFLOCAL_HOME": str(agent.home)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: partial_bytes(agent.home, BIG) >= MIB, 60, "1 MiB on disk")
+        assert agent.stop() == 0
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert (proc.returncode, out) == (1, ""), (out, err)
+    error = json.loads(err.strip().splitlines()[-1])["error"]
+    assert error["code"] == "interrupted", error
+    job_id = error["message"].split("resumes under job ")[1].split()[0]
+    assert job_id.startswith("dl-")
+
+    again = start_agent(agent.home)
+    agents.append(again)
+
+    def resumed() -> bool:
+        status = json.loads(cli("status", "--json", home=agent.home).stdout)
+        return any(d["job_id"] == job_id for d in status["downloads"])
+
+    wait_until(resumed, 60, f"the resumed download under {job_id}")
+    hub.control.clear_faults()
+
+    def installed() -> bool:
+        models = json.loads(cli("ls", "--json", home=agent.home).stdout)["models"]
+        return [m["status"] for m in models] == ["ready"]
+
+    wait_until(installed, 60, "the resumed download to finish")
