@@ -30,7 +30,7 @@ import msgspec
 from quart import Response
 
 DONE = b"data: [DONE]\n\n"
-BUFFER_BYTES = 4 * 1024 * 1024
+BUFFER_BYTES = 8 * 1024 * 1024
 """Bytes of one stream that may wait for a slow client while the generation goes on."""
 STALL_S = 30.0
 """Seconds a full buffer may wait for the client before the generation is stopped."""
