@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from agent.convert.fast_cache import FAST_DIR, cache_dir_for
 from agent.hub import offered_quantizations, select_files
 from agent.model_kinds import Kind, folder_kind
 from agent.paths import Paths
@@ -96,7 +97,9 @@ def _scan_imported(root: Path) -> list[FoundVariant]:
             model_id = validate_model_id(f"{folder.parent.name}/{folder.name}")
         except InvalidNameError:
             continue
-        names = [p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()]
+        # The fast path's rewrites live in the folder too (fast_path.FAST_DIR); they are not variants.
+        names = [n for n in (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+                 if not n.startswith(f"{FAST_DIR}/")]
         entries += _variants_in(model_id, folder, names, commit=None, source="import", revision="")
     return entries
 
@@ -140,6 +143,9 @@ class _FileRemover:
             return 0
         folder = entry.folder()
         cache, imported = self.paths.cache.resolve(), self.paths.imported.resolve()
+        rewrite = cache_dir_for(folder) / entry.quantization  # the fast path's copy of this variant
+        if rewrite.is_dir() and rewrite.resolve().is_relative_to(cache if entry.source == "hub" else imported):
+            self._remove_tree(rewrite)
         if entry.source == "hub" and folder.is_relative_to(cache) and folder.parent.name == "snapshots":
             self._remove_hub(entry, folder, folder.parent.parent)
         elif folder.is_relative_to(imported) and folder != imported:

@@ -13,6 +13,10 @@ Public API:
 - ``gguf_import.import_gguf(path, out_dir, quants, progress) -> ImportResult`` and
   ``inspect_gguf(path) -> GGUFSummary``; ``UnsupportedModelError`` for what cannot be converted.
 - ``repo_files``: config/tokenizer JSON files as transformers writes them.
+- ``fast_path.fast_graph(folder, graph, quant)``: the fused rewrite of a Hub export (optimum /
+  Transformers.js graph) of a Llama, Mistral, Qwen2 or Qwen3 model, cached beside the download
+  (``fast_cache``); ``onnx_weights`` reads such an export's weights back by module name.
 
-Nothing here is imported on the serving path; import the submodules directly.
+Only ``fast_path`` (and what it imports, all torch-free) is used on the serving path, at a model's
+first load; import the submodules directly.
 """

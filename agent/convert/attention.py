@@ -88,6 +88,8 @@ class OptimumAttention:
         self._bias = bias
 
     def layer(self, g: GraphBuilder, shape: LlamaShape, index: int, qkv: ProjectedQKV, past: tuple[str, str]) -> str:
+        if shape.sliding_window is not None and shape.sliding_window < shape.max_position_embeddings:
+            raise ValueError("a sliding attention window needs the fused graph")
         p = f"/model/layers.{index}/attn"
         nh, kv, hd = shape.num_heads, shape.num_kv_heads, shape.head_dim
         if qkv.fused is not None:
@@ -163,6 +165,9 @@ class FusedAttention:
         else:
             assert qkv.q and qkv.k and qkv.v
             qkv_inputs = [qkv.q, qkv.k, qkv.v]
+        window = {}
+        if shape.sliding_window is not None and shape.sliding_window < shape.max_position_embeddings:
+            window["local_window_size"] = shape.sliding_window
         out, _, _ = g.op(
             "GroupQueryAttention",
             [*qkv_inputs, past[0], past[1], self._seqlens, self._total, self._cos, self._sin, self._positions],
@@ -174,5 +179,6 @@ class FusedAttention:
             scale=float(shape.head_dim**-0.5),
             do_rotary=1,
             rotary_interleaved=0,
+            **window,
         )
         return str(out)

@@ -41,6 +41,7 @@ class LlamaShape:
 
     ``rope_freq_factors`` are llama.cpp's per-frequency divisors (GGUF ``rope_freqs.weight``), an
     alternative to ``rope_scaling`` that GGUF files of Llama 3.1+ carry instead of the parameters.
+    ``sliding_window`` (None: full attention) is only written by the fused graph.
     """
 
     vocab_size: int
@@ -56,6 +57,7 @@ class LlamaShape:
     tie_word_embeddings: bool = False
     rope_scaling: RopeScaling | None = None
     rope_freq_factors: tuple[float, ...] | None = None
+    sliding_window: int | None = None  # Mistral-style local attention: each query sees this many keys
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

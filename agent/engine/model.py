@@ -28,11 +28,12 @@ import psutil
 
 from agent.engine.chat_template import CHATML_TEMPLATE, ChatTemplate, read_template_sources
 from agent.engine.constrain import Constraint
-from agent.engine.contract import GraphContract, discover_contract
+from agent.engine.contract import GraphContract
 from agent.engine.decode import DecodeStats, run_decode
+from agent.engine.graph_choice import open_graph
 from agent.engine.model_files import ModelConfig, onnx_path, read_json, read_model_config, usable_context
 from agent.engine.sampling import Sampler, resolve_sampling
-from agent.engine.session import CPU, Runner, make_runner, open_session
+from agent.engine.session import CPU, Runner, make_runner
 from agent.engine.tokenizer import ModelTokenizer
 from agent.engine.tool_format import detect_tool_format
 from agent.engine.types import (
@@ -222,13 +223,11 @@ def load_model(
         fallback = why if chosen == "cpu" and normalize_device(device) not in ("cpu", "auto") else None
     except InvalidNameError as exc:
         raise ModelLoadError(str(exc)) from None
-    session = open_session(graph_file, providers, threads)
+    opened = open_graph(folder, graph_file, quantization, config, providers, threads)
+    session, contract = opened.session, opened.contract
     used = session.get_providers()[0] if session.get_providers() else CPU
     if used != providers[0]:
         fallback = f"{providers[0]} could not be initialised; using {used}"
-    contract = discover_contract(
-        session.get_inputs(), session.get_outputs(), config, session.get_overridable_initializers()
-    )
     kv_bytes = sum(spec.num_heads * spec.head_dim * np.dtype(spec.dtype).itemsize for spec in contract.kv)
     context, cut = usable_context(context, kv_bytes, psutil.virtual_memory().total)
     if cut:
@@ -243,6 +242,8 @@ def load_model(
         load_s=time.perf_counter() - started,
         quantization=quantization,
         onnx_file=graph_file,
+        graph=opened.graph,
+        graph_note=opened.note,
         kv_cache=contract.has_cache,
         chat_template=template_kind,
         vocab_size=tokenizer.vocab_size,

@@ -149,7 +149,11 @@ class ModelInfo:
     load_s: float
     quantization: str = ""
     onnx_file: Path | None = None
-    """The graph file that was loaded."""
+    """The model's own graph file (what the store holds)."""
+    graph: str = "original"
+    """``fused``: hflocal's fused graph runs (an import, or the fast path's rewrite of ``onnx_file``);
+    ``original``: ``onnx_file`` itself runs, ``graph_note`` says why."""
+    graph_note: str = ""
     kv_cache: bool = True
     """False for graphs without past_key_values inputs: each step re-runs the whole sequence."""
     chat_template: str = "model"

@@ -1,0 +1,91 @@
+"""Build Hub-style repos of tiny random decoders, one per family, the way onnx-community's are made.
+
+``python -m tests.convert.hub_exports OUT [FAMILY ...]`` (needs the ``convert`` extra: torch, optimum):
+for each family a random transformers model (std 0.2 weights, so greedy output varies) with the tiny
+ChatML tokenizer, exported by ``agent.convert.checkpoint.export_checkpoint`` (optimum's
+``text-generation-with-past`` export, then ``MatMulNBitsQuantizer`` 4/8-bit and the fp16 converter:
+``onnx/model.onnx``, ``model_fp16.onnx``, ``model_quantized.onnx``, ``model_q4.onnx``) into
+``OUT/<family>/repo``, and what transformers itself generates greedily for :data:`PROMPT` into
+``OUT/<family>/transformers.json``. Run in a child process so the test process never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from tests.fakes.tiny_model import IM_END_ID, IM_START_ID, train_tokenizer
+
+PROMPT = [5, 17, 33, 48, 101, 7, 250, 12]
+NEW_TOKENS = 20
+FAMILIES: dict[str, dict[str, Any]] = {
+    "llama": {"model_type": "llama"},
+    # Llama 3.x: rope scaling, an untied head.
+    "llama3": {
+        "model_type": "llama",
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": False,
+        "rope_scaling": {
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    },
+    # A window shorter than prompt + answer, so the sliding attention is exercised.
+    "mistral": {"model_type": "mistral", "sliding_window": 6},
+    "qwen2": {"model_type": "qwen2"},  # q/k/v biases
+    "qwen3": {"model_type": "qwen3", "head_dim": 32},  # q/k norms, head_dim != hidden/heads
+}
+
+
+def build(out: Path, family: str) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from agent.convert.checkpoint import export_checkpoint
+
+    tokenizer = train_tokenizer()
+    spec = dict(FAMILIES[family])
+    model_type = spec.pop("model_type")
+    config = AutoConfig.for_model(
+        model_type, vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=IM_START_ID, eos_token_id=IM_END_ID, pad_token_id=IM_END_ID,
+        **{"tie_word_embeddings": True, **spec},
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.normal_(0.0, 0.2)
+            else:  # norms and biases away from their identity values, so a dropped one shows
+                p.add_(torch.randn_like(p) * 0.1)
+    source = out / family / "checkpoint"
+    model.save_pretrained(source)
+    PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    ).save_pretrained(source)
+    export_checkpoint(source, out / family / "repo", ["fp32", "fp16", "q8", "q4"], lambda *_: None)
+    ids = torch.tensor([PROMPT])
+    with torch.no_grad():
+        generated = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+        )
+    (out / family / "transformers.json").write_text(json.dumps(generated[0, len(PROMPT):].tolist()))
+
+
+def main(argv: list[str]) -> int:
+    warnings.simplefilter("ignore")
+    out = Path(argv[0])
+    for family in argv[1:] or list(FAMILIES):
+        build(out, family)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

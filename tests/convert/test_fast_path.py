@@ -1,0 +1,191 @@
+"""The fast path: a Hub export (optimum graph, MatMulNBits 4/8-bit, fp16) rewritten into the fused graph.
+
+Each family's tiny random model (tests/convert/hub_exports.py: Llama, Llama 3 with rope scaling and an
+untied head, Mistral with a sliding window, Qwen2 with q/k/v biases, Qwen3 with q/k norms) is exported
+the way onnx-community's repos are, then:
+
+- fp32 and fp16 rewrites generate greedily exactly what transformers generates;
+- q4 and q8 rewrites keep the export's blocks byte for byte (never quantized twice) and, with float
+  activations and a float head, generate exactly what the export itself generates;
+- at the defaults (int8 activations where fast, the 8-bit head rescored) they agree with the export's
+  own top-1 choice on at least :data:`DEFAULT_AGREEMENT` of teacher-forced positions (the stated
+  tolerance; measured 90-100 %);
+- loading takes the rewrite (cached beside the files, rebuilt when the source or converter changes)
+  and falls back to the original graph, saying why, for what it cannot rewrite or load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from agent.convert import fast_path
+from agent.convert.fast_cache import cache_dir_for
+from agent.convert.fast_path import fast_graph, rewrite, shape_from_config
+from agent.engine.model import load_model
+from agent.engine.model_files import onnx_path
+from tests.fakes.decoder import Decoder
+
+pytest.importorskip("torch", reason="needs the convert extra: pip install -c constraints.txt -e '.[convert]'")
+pytest.importorskip("optimum.exporters.onnx", reason="needs the convert extra")
+
+from tests.convert.hub_exports import FAMILIES, NEW_TOKENS, PROMPT  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_AGREEMENT = 0.85
+TEACHER = (PROMPT * 8)[:60]
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("hub-exports")
+    subprocess.run(
+        [sys.executable, "-m", "tests.convert.hub_exports", str(out)], cwd=ROOT, check=True, timeout=900,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    return out
+
+
+def _repo(exports: Path, family: str) -> Path:
+    return exports / family / "repo"
+
+
+def _shape(repo: Path):  # type: ignore[no-untyped-def]
+    return shape_from_config(json.loads((repo / "config.json").read_text()))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("quant", ["fp32", "fp16"])
+def test_float_rewrite_generates_what_transformers_generates(exports: Path, family: str, quant: str) -> None:
+    repo = _repo(exports, family)
+    fast = fast_graph(repo, onnx_path(repo, quant), quant)
+    assert fast.path is not None, fast.reason
+    want = json.loads((exports / family / "transformers.json").read_text())
+    assert len(set(want)) > 5  # random weights that say something
+    assert Decoder(fast.path).greedy(PROMPT, NEW_TOKENS) == want
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("quant", ["q4", "q8"])
+def test_quantized_rewrite_keeps_the_blocks_and_the_answers(
+    exports: Path, family: str, quant: str, tmp_path: Path
+) -> None:
+    repo = _repo(exports, family)
+    source = onnx_path(repo, quant)
+    exact = rewrite(_shape(repo), source, tmp_path, quant, accuracy_level=0, head_bits=32)
+    assert Decoder(exact).greedy(PROMPT, NEW_TOKENS) == Decoder(source).greedy(PROMPT, NEW_TOKENS)
+
+    def codes(path: Path) -> list[bytes]:
+        model = onnx.load(str(path))
+        inits = {t.name: t for t in model.graph.initializer}
+        return sorted(
+            numpy_helper.to_array(inits[n.input[1]]).tobytes()
+            for n in model.graph.node if n.op_type == "MatMulNBits" and "lm_head" not in n.name
+        )
+
+    original, rewritten = codes(source), codes(exact)
+    assert original and rewritten
+    # The rewrite stacks q/k/v and gate/up: each original block matrix is a run inside one of its own.
+    joined = b"\n".join(rewritten)
+    assert all(blob in joined for blob in original)
+    assert sum(map(len, rewritten)) == sum(map(len, original))
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("quant", ["q4", "q8"])
+def test_default_quantized_rewrite_agrees_within_tolerance(exports: Path, family: str, quant: str) -> None:
+    repo = _repo(exports, family)
+    source = onnx_path(repo, quant)
+    fast = fast_graph(repo, source, quant)
+    assert fast.path is not None, fast.reason
+    agreement = float(np.mean(Decoder(fast.path).teacher_forced_top1(TEACHER) == Decoder(source).teacher_forced_top1(TEACHER)))
+    assert agreement >= DEFAULT_AGREEMENT, (family, quant, agreement)
+
+
+def test_rewrite_is_the_fused_graph(exports: Path) -> None:
+    repo = _repo(exports, "qwen3")
+    fast = fast_graph(repo, onnx_path(repo, "q4"), "q4")
+    assert fast.path is not None
+    ops = Counter(n.op_type for n in onnx.load(str(fast.path)).graph.node)
+    assert ops["GroupQueryAttention"] == 2 and ops["SkipSimplifiedLayerNormalization"] == 4
+    assert not set(ops) & {"Softmax", "Cos", "Sin", "Transpose"}, ops
+    plain = Counter(n.op_type for n in onnx.load(str(onnx_path(repo, "q4"))).graph.node)
+    assert sum(ops.values()) * 3 < sum(plain.values())
+
+
+def test_loading_takes_the_cached_rewrite_and_rebuilds_it_when_stale(
+    exports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    repo = tmp_path / "qwen2"
+    shutil.copytree(_repo(exports, "qwen2"), repo)
+    model = load_model(repo, quantization="q4", device="cpu")
+    assert model.info.graph == "fused", model.info.graph_note
+    assert model.info.onnx_file == repo / "onnx" / "model_q4.onnx"
+    cached = cache_dir_for(repo) / "q4" / "onnx" / "model_q4.onnx"
+    assert cached.is_file()
+    built = cached.stat().st_mtime_ns
+
+    assert load_model(repo, quantization="q4", device="cpu").info.graph == "fused"
+    assert cached.stat().st_mtime_ns == built  # reused, not rebuilt
+
+    monkeypatch.setattr(fast_path, "converter_fingerprint", lambda: "a-newer-converter")
+    assert load_model(repo, quantization="q4", device="cpu").info.graph == "fused"
+    rebuilt = cached.stat().st_mtime_ns
+    assert rebuilt != built
+
+    source = repo / "onnx" / "model_q4.onnx"
+    source.write_bytes(source.read_bytes())  # a re-downloaded file (new mtime): rebuilt from it
+    load_model(repo, quantization="q4", device="cpu")
+    assert cached.stat().st_mtime_ns != rebuilt
+
+    cached.write_bytes(b"not a graph")  # a damaged rewrite: the original runs, the rewrite is dropped
+    model = load_model(repo, quantization="q4", device="cpu")
+    assert model.info.graph == "original" and "did not load" in model.info.graph_note
+    assert not cached.exists()
+    assert load_model(repo, quantization="q4", device="cpu").info.graph == "fused"  # built afresh
+
+
+def test_unknown_families_and_the_switch_keep_the_original(
+    exports: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    repo = tmp_path / "other"
+    shutil.copytree(_repo(exports, "llama"), repo)
+    config = json.loads((repo / "config.json").read_text())
+    (repo / "config.json").write_text(json.dumps({**config, "model_type": "olmo"}))
+    model = load_model(repo, quantization="q4", device="cpu")
+    assert model.info.graph == "original"
+    assert "'olmo'" in model.info.graph_note
+    assert model.encode_text("hello world")  # a working model all the same
+
+    (repo / "config.json").write_text(json.dumps(config))
+    monkeypatch.setenv("HFLOCAL_FAST_PATH", "0")
+    model = load_model(repo, quantization="q4", device="cpu")
+    assert model.info.graph == "original" and "HFLOCAL_FAST_PATH" in model.info.graph_note
+
+
+def test_a_graph_hflocal_wrote_is_not_rewritten(tmp_path: Path) -> None:
+    """What a GGUF import writes is already the fused graph: it runs as it is, and the verdict is
+    remembered so the next load does not read the graph again."""
+    from agent.convert.llama_graph import write_llama_onnx
+    from tests.fakes.tiny_model import build_tiny_repo
+
+    tiny = build_tiny_repo(tmp_path, quants=(), seed=0)
+    write_llama_onnx(tiny.shape, tiny.weights, tmp_path, "q4", fused=True)
+    model = load_model(tmp_path, quantization="q4", device="cpu")
+    assert model.info.graph == "fused" and model.info.onnx_file == tmp_path / "onnx" / "model_q4.onnx"
+    stamp = json.loads((cache_dir_for(tmp_path) / "q4" / "stamp.json").read_text())
+    assert stamp["original"] == fast_path.ALREADY_FUSED
+    assert not (cache_dir_for(tmp_path) / "q4" / "onnx").exists()  # nothing rewritten
