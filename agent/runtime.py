@@ -171,10 +171,12 @@ class Runtime:
             await self.pool.activate(key, job_id=job_id)
         except Exception as exc:  # noqa: BLE001 - the pool already published model.failed
             log.warning("could not load %s: %s", key, exc)
-            if self.store.active == key and self.pool.active != key:
+            if self.store.active == key:
                 # The remembered model failed to load (not a crash: a kill keeps it): forget it, or
                 # every start would spend the same failed load again.
                 self.store.set_active(None)
+                if self.pool.active == key:
+                    self.pool.set_active(None)
                 self.warnings.append(f"the remembered active model {key} failed to load and is no longer "
                                      f"active ({exc}); 'hflocal use' makes it active again")
 

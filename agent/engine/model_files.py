@@ -166,6 +166,7 @@ def read_model_config(folder: Path, tokenizer_config: dict[str, Any]) -> ModelCo
     if context is None:
         value = tokenizer_config.get("model_max_length")
         context = value if isinstance(value, int) and 0 < value < 10_000_000 else DEFAULT_CONTEXT
+    context = min(context, MAX_CONTEXT)  # and usable_context cuts it to the machine at load
 
     heads = config.get("num_attention_heads")
     kv_heads = config.get("num_key_value_heads", heads)
