@@ -141,10 +141,16 @@ def _max_body() -> int | str:
 
 
 def register_error_handlers(app: Quart) -> None:
-    """Install the handlers that make every error OpenAI-shaped."""
+    """Install the handlers that make every error OpenAI-shaped; under ``/api/`` (a path no route
+    matched, such as ``/api/installed//etc/passwd``) in the management API's shape instead,
+    ``{"code", "message", "details"}``."""
 
     async def handle(exc: Exception) -> Response:
-        return from_exception(exc).response()
+        error = from_exception(exc)
+        if _path().startswith("/api/"):
+            body = msgspec.json.encode({"code": error.code or "error", "message": error.message, "details": {}})
+            return Response(body, status=error.status, content_type="application/json", headers=error.headers)
+        return error.response()
 
     app.register_error_handler(Exception, handle)
     app.register_error_handler(HTTPException, handle)
