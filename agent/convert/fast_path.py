@@ -38,6 +38,7 @@ from agent.convert.llama_shape import LlamaShape, RopeScaling
 from agent.convert.onnx_weights import UnreadableGraph, read_export_weights
 from agent.convert.weight_forms import QUANT_FILES, Quant
 from agent.engine.contract import KV_BUFFER_METADATA
+from agent.engine.model_files import MAX_CONTEXT
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,8 @@ def shape_from_config(config: dict[str, Any]) -> LlamaShape:
         head_dim=int(head_dim),
         rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
         rope_theta=float(c.get("rope_theta", 10000.0)),
-        max_position_embeddings=integer("max_position_embeddings", 2048),
+        # The rope tables have a row per position: never more than the engine prepares for.
+        max_position_embeddings=min(integer("max_position_embeddings", 2048), MAX_CONTEXT),
         tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
         rope_scaling=scaling,
         sliding_window=window if isinstance(window, int) and window > 0 else None,

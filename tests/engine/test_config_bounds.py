@@ -67,3 +67,12 @@ def test_implausible_sizes_are_refused_naming_the_key(repo: Path, key: str, valu
     _set_config(repo, **{key: value})
     with pytest.raises(ModelLoadError, match=f"config.json: {key} = {value} is not a plausible value"):
         load_model(repo, quantization="fp32", device="cpu", threads=1)
+
+
+def test_the_fast_paths_rope_tables_are_bounded_too() -> None:
+    from agent.convert.fast_path import shape_from_config
+
+    config = {"model_type": "llama", "num_attention_heads": 4, "hidden_size": 64, "vocab_size": 400,
+              "intermediate_size": 128, "num_hidden_layers": 2, "max_position_embeddings": 300_000_000}
+    assert shape_from_config(config).max_position_embeddings == MAX_CONTEXT  # a row per position
+    assert shape_from_config({**config, "max_position_embeddings": 4096}).max_position_embeddings == 4096
