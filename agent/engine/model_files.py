@@ -33,11 +33,12 @@ the Hub listing (``agent.hub.ONNX_NAMES``) offers q8 for a repo that has only on
 DEFAULT_CONTEXT = 2048
 """Used only when neither config.json nor tokenizer_config.json states a context length."""
 
-MAX_CONTEXT = 1 << 22
-"""The most positions the engine prepares for (4 Mi tokens), whatever config.json says: the attention
-mask and position ids are allocated for the whole context at load (16 bytes a position), so a
-``max_position_embeddings`` of 3e8 would cost 4.8 GB before the first token. Real models' full KV
-caches hit the memory bound of ``usable_context`` long before this."""
+MAX_CONTEXT = 1 << 20
+"""The most positions the engine prepares for (1 Mi tokens, the longest context of a model one can
+run locally: Qwen2.5-1M), whatever config.json says: the attention mask and position ids are
+allocated for the whole context at load (16 bytes a position), and the fast path's rope tables have
+a row per position, so a ``max_position_embeddings`` of 3e8 would cost 4.8 GB before the first
+token. Real models' full KV caches hit the memory bound of ``usable_context`` long before this."""
 KV_MEMORY_SHARE = 0.5
 """The KV cache of a full context may take at most this share of the machine's RAM."""
 PER_POSITION_BYTES = 16

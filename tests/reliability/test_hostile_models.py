@@ -108,7 +108,7 @@ def test_hostile_chat_templates(agent: AgentProcess, hub_repos: HubRepos, tiny_m
 
 @case(area="hostile models", case="config.json with max_position_embeddings = 3e8",
       did="a hub repo (the 0.5 MB tiny model) whose config.json states 300 000 000 positions; pull, use, chat; then implausible num_hidden_layers (10^9)",
-      outcome="the model loads with its context cut to what the machine holds (<= 4 Mi positions), RSS grows by less than 512 MiB (was 4.85 GB), it answers; the implausible size is a failed load naming the key, the previous model stays active")
+      outcome="the model loads with its context cut to what the machine holds (<= 1 Mi positions), RSS grows by less than 512 MiB (was 4.85 GB), it answers; the implausible size is a failed load naming the key, the previous model stays active")
 def test_a_config_that_states_absurd_sizes(agent: AgentProcess, hub_repos: HubRepos, tiny_model: TinyModel) -> None:
     before = rss(agent.proc.pid)
     key = _install(agent, hub_repos, "evil-org/Long-Context",
