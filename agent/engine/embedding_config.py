@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.engine.model_files import MAX_CONTEXT
 from agent.engine.types import ModelLoadError
 
 POOLING_MODES = ("cls", "max", "mean", "mean_sqrt_len", "weightedmean", "lasttoken")
@@ -118,7 +119,8 @@ def _max_length(config: dict[str, Any], tokenizer_config: dict[str, Any], st_con
         positions -= 2
     stated = _positive_int(st_config.get("max_seq_length")) or _positive_int(tokenizer_config.get("model_max_length"), 1_000_000)
     length = stated or positions or DEFAULT_MAX_LENGTH
-    return min(length, positions) if positions else length
+    length = min(length, positions) if positions else length
+    return min(length, MAX_CONTEXT)  # a config.json of 3e8 positions is no encoder's
 
 
 def _matryoshka(config: dict[str, Any]) -> bool | tuple[int, ...]:

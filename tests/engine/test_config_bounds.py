@@ -76,3 +76,20 @@ def test_the_fast_paths_rope_tables_are_bounded_too() -> None:
               "intermediate_size": 128, "num_hidden_layers": 2, "max_position_embeddings": 300_000_000}
     assert shape_from_config(config).max_position_embeddings == MAX_CONTEXT  # a row per position
     assert shape_from_config({**config, "max_position_embeddings": 4096}).max_position_embeddings == 4096
+
+
+def test_an_encoder_stating_3e8_positions_is_bounded(tmp_path: Path) -> None:
+    from agent.engine.embedding import OnnxEmbeddingModel
+    from agent.engine.loader import load_variant
+    from tests.fakes.tiny_encoder import build_encoder_repo
+
+    enc = build_encoder_repo(tmp_path / "enc")
+    for name, key in (("config.json", "max_position_embeddings"), ("sentence_bert_config.json", "max_seq_length"),
+                      ("tokenizer_config.json", "model_max_length")):
+        data = json.loads((enc.path / name).read_text())
+        data[key] = 300_000_000
+        (enc.path / name).write_text(json.dumps(data))
+    model = load_variant(enc.path, quantization="fp32", device="cpu", threads=1, kind="embed")
+    assert isinstance(model, OnnxEmbeddingModel)
+    assert 0 < model.info.context_length <= MAX_CONTEXT
+    assert model.embed(["Hi"]).vectors.shape[0] == 1
