@@ -93,7 +93,10 @@ def test_hostile_chat_templates(agent: AgentProcess, hub_repos: HubRepos, tiny_m
             health = http.get("/health")
             healthy.append((health.status_code, looping.is_alive()))
         looping.join(120)
-        assert (200, True) in healthy, "no /health answer while the template was rendering"
+        # One client, one request at a time: a loop blocked by the render would answer the one /health
+        # queued behind it, and perhaps one more before the chat's answer is read; not five.
+        during = sum(1 for status, rendering in healthy if status == 200 and rendering)
+        assert during >= 5, f"{during} /health answers while the template was rendering"
         said = _one_line_error(answers["loop"], 400, "invalid_template")
         assert "chat template 'default' exceeded its render budget" in said, said
         for trigger, words in (("recurse", "RecursionError"), ("overflow", "OverflowError"),
