@@ -21,6 +21,7 @@ its own. What a caller may rely on:
   check); loopback names and the bound address pass, and so does any name when the worker was
   explicitly bound to all interfaces (then the API key guards ``/v1``).
 - ``GET /openapi.json`` is the OpenAPI document of all of it (``agent.http.openapi``).
+- Connections, idle time and HTTP/2 streams per connection are bounded (``agent.http.listener``).
 """
 
 from __future__ import annotations
@@ -34,10 +35,10 @@ import socket
 from collections.abc import Sequence
 from importlib import metadata
 
-from hypercorn.asyncio import serve
 from hypercorn.config import Config
 from quart import Blueprint, Quart, Response, request
 
+from agent.http import listener
 from agent.http.access import is_loopback, origin_allowed, split_host
 from agent.http.anthropic_routes import blueprint as anthropic_blueprint
 from agent.http.body import finish_body
@@ -204,15 +205,20 @@ async def serve_http(
     Raises ``OSError`` at once if the address cannot be bound (port in use). Installs no signal
     handlers. ``/health`` reports ``port``. With ``sock`` (already bound and listening, as the worker
     does so that a busy port is reported before anything starts) ``host``/``port`` only label it.
+    Connections, idle time and HTTP/2 streams are bounded (``agent.http.listener``).
     """
     app.extensions[EXTENSION].port = port
     config = Config()
-    # Hypercorn takes ownership of the descriptor it is given: hand it a duplicate.
-    config.bind = [f"fd://{os.dup(sock.fileno())}"] if sock is not None else [_bind(host, port)]
     config.accesslog = None
     config.errorlog = logging.getLogger("hflocal.http")
     config.graceful_timeout = graceful_timeout
-    config.keep_alive_timeout = 30
     config.include_server_header = False
+    listener.configure(config)
+    if sock is not None:
+        listening = sock.dup()  # closed with the server; the caller keeps its own
+    else:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listening = socket.create_server((host, port), family=family, backlog=config.backlog)
     log.info("HTTP API on http://%s/v1", _bind(host, port))
-    await serve(app, config, shutdown_trigger=shutdown_event.wait)
+    await listener.serve_bounded(app, config, listening, shutdown_trigger=shutdown_event.wait,
+                                 max_connections=listener.connection_limit())

@@ -5,6 +5,9 @@ to a running agent (issue 14, the HTTP and socket half). Each against a real ``h
 from __future__ import annotations
 
 import json
+import resource
+import select
+import selectors
 import socket
 import stat
 import threading
@@ -13,14 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
 import httpx
 import msgspec
+import psutil
 import pytest
 import zmq
 
+from agent.http.listener import LIMITS
+
 from tests.fakes.tiny_model import TinyModel, build_tiny_repo
 from tests.hubserver import HubRepos, HubServer
-from tests.reliability.support import case
+from tests.reliability.support import MIB, assert_memory_returns, case, rss
 from tests.support.agentproc import AgentProcess, cli, start_agent
 from tests.support.worker import TINY, publish, repo_files, variant_key, wait_until
 
@@ -263,3 +273,123 @@ def test_an_encoded_path_is_not_a_redirect(page_agent: AgentProcess) -> None:
             assert answer.headers["content-type"].startswith("application/json"), (path, answer.headers)
             assert "\n" not in answer.text.strip() and answer.json()["code"] in ("not_found", "bad_request"), answer.text
         assert http.get("/api/installed").json() == before
+
+
+def _rapid_reset(port: int, streams: int) -> tuple[int, int | None]:
+    """Open and at once reset ``streams`` HTTP/2 streams on one h2c connection, in batches of 10,
+    each batch followed by a PING (its ACK means the server has read the batch); (streams sent,
+    the last stream id of the server's GOAWAY, or ``None`` if the server never sent one)."""
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    headers = [(":method", "GET"), (":path", "/v1/models"), (":scheme", "http"), (":authority", f"127.0.0.1:{port}")]
+    opened = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        try:
+            while opened < streams:
+                for _ in range(10):
+                    stream_id = conn.get_next_available_stream_id()
+                    conn.send_headers(stream_id, headers, end_stream=True)
+                    conn.reset_stream(stream_id)
+                    opened += 1
+                conn.ping(b"hflocal!")
+                sock.sendall(conn.data_to_send())
+                acked = False
+                for _ in range(1000):  # bounded: the socket timeout ends a silent wait
+                    data = sock.recv(65536)
+                    if not data:
+                        return opened, None
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.ConnectionTerminated):
+                            return opened, int(event.last_stream_id)
+                        acked = acked or isinstance(event, h2.events.PingAckReceived)
+                    sock.sendall(conn.data_to_send())
+                    if acked:
+                        break
+        except (h2.exceptions.ProtocolError, OSError):
+            return opened, None
+    return opened, None
+
+
+@case(area="load", case="HTTP/2 rapid reset (h2c)",
+      did="4 h2c connections at once, each opening and at once resetting up to 1000 streams (GET /v1/models) in "
+          "batches of 10 (a PING after each), while another client asks /health 20 times",
+      outcome="every /health answered 200 during the bursts; each connection gets GOAWAY in the batch after it has opened "
+              "keep_alive_max_requests streams (200), the rest never run; the API serves afterwards")
+def test_rapid_reset_costs_the_client_its_connection(page_agent: AgentProcess) -> None:
+    port = page_agent.ports[0]
+    results: list[tuple[int, int | None]] = []
+    attackers = [threading.Thread(target=lambda: results.append(_rapid_reset(port, 1000)), daemon=True) for _ in range(4)]
+    for thread in attackers:
+        thread.start()
+    statuses = []
+    with httpx.Client(base_url=page_agent.http_url, timeout=60) as http:
+        for _ in range(20):
+            statuses.append(http.get("/health").status_code)
+        for thread in attackers:
+            thread.join(120)
+        assert http.get("/v1/models").status_code == 200
+    assert statuses == [200] * 20, statuses
+    assert len(results) == 4, results
+    # Stream ids are odd, the n-th is 2n - 1; the GOAWAY comes in the batch that passed the limit.
+    most = 2 * (LIMITS.keep_alive_max_requests + 10) - 1
+    assert all(last is not None and last <= most and opened < 1000 for opened, last in results), results
+
+
+def _agent_connection_limit(pid: int) -> int:
+    soft, _ = psutil.Process(pid).rlimit(psutil.RLIMIT_NOFILE)
+    return LIMITS.max_connections if soft == resource.RLIM_INFINITY else max(16, min(LIMITS.max_connections, soft // 2))
+
+
+def _idle_flood(port: int, socks: list[socket.socket], count: int) -> int:
+    """Open ``count`` connections (into ``socks``) that send nothing; how many got the 503 refusal."""
+    refused = 0
+    with selectors.DefaultSelector() as selector:
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            socks.append(sock)
+            selector.register(sock, selectors.EVENT_READ)
+        for _ in range(200):  # bounded: the refusals come at once, the accepted ones stay silent
+            ready = selector.select(0.05) if selector.get_map() else []
+            if not ready and refused:
+                break
+            for key, _events in ready:
+                sock = key.fileobj
+                assert isinstance(sock, socket.socket)
+                data = sock.recv(4096)
+                if data.startswith(b"HTTP/1.1 503") and b"too_many_connections" in data:
+                    refused += 1
+                selector.unregister(sock)
+    return refused
+
+
+@case(area="load", case="a flood of idle connections",
+      did="3 rounds of: 2000 connections to the HTTP port that send nothing, /health meanwhile, then all closed; "
+          "agent RSS after each round",
+      outcome="connections over the limit (1000, or half the open-file limit) get a one-line 503 too_many_connections "
+              "and are closed; a connection the client closed is let go at once, so /health is answered again right "
+              "after; RSS stays within bounds and does not grow from round to round")
+def test_idle_connections_are_bounded(page_agent: AgentProcess) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < 4500:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(4500, hard), hard))  # this test process holds 2000 sockets
+    limit = _agent_connection_limit(page_agent.info.pid)
+    flood = max(2000, limit + 200)
+    port = page_agent.ports[0]
+    assert httpx.get(page_agent.http_url + "/health", timeout=30).status_code == 200
+    samples = [rss(page_agent.info.pid)]
+    for _ in range(3):
+        socks: list[socket.socket] = []
+        try:
+            refused = _idle_flood(port, socks, flood)
+            assert refused >= flood - limit and refused < flood, (refused, flood, limit)
+            busy = httpx.get(page_agent.http_url + "/health", timeout=30)
+            assert busy.status_code == 503 and busy.json()["error"]["code"] == "too_many_connections", busy.text
+        finally:
+            for sock in socks:
+                sock.close()
+        wait_until(lambda: httpx.get(page_agent.http_url + "/health", timeout=30).status_code == 200, 60,
+                   "/health once the idle connections closed")
+        samples.append(rss(page_agent.info.pid))
+    print("agent RSS (MiB) before and after each flood:", [round(s / MIB, 1) for s in samples])
+    assert_memory_returns(samples, "idle connection floods")
