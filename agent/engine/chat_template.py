@@ -78,6 +78,8 @@ class _GenerationTag(jinja2.ext.Extension):
         return str(caller())
 
 
+MAX_TEMPLATE_CHARS = 1 << 20
+"""A longer template source is not compiled (its render is a ``TemplateError`` saying so)."""
 _ERROR_CHARS = 300
 """An error's text is cut here: a template's exception may quote a value it built."""
 
@@ -151,6 +153,10 @@ class ChatTemplate:
         self._errors: dict[str, str] = {}
         self._wants_parts: dict[str, bool] = {}
         for name, source in self.sources.items():
+            self._wants_parts[name] = False
+            if len(source) > MAX_TEMPLATE_CHARS:  # real ones are a few KiB; compiling 100 MB takes minutes
+                self._errors[name] = f"chat template {name!r} is {len(source)} characters long (at most {MAX_TEMPLATE_CHARS})"
+                continue
             try:
                 self._compiled[name] = self._env.from_string(source)
             except Exception as exc:  # noqa: BLE001 - syntax, RecursionError on deep nesting, MemoryError...

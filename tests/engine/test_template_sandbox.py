@@ -92,3 +92,13 @@ def test_the_budget_is_per_render() -> None:
     assert 3 * 500 * 500 > MAX_STEPS > 500 * 501
     for _ in range(3):  # each render under the budget, together over it
         assert template.render(USER) == "ok"
+
+
+def test_a_huge_or_absurdly_nested_source_is_an_error_not_a_hang() -> None:
+    from agent.engine.chat_template import MAX_TEMPLATE_CHARS
+
+    with pytest.raises(TemplateError, match=f"is {MAX_TEMPLATE_CHARS + 1} characters long"):
+        render("x" * (MAX_TEMPLATE_CHARS + 1))
+    with pytest.raises(TemplateError, match="chat template 'default' does not compile") as raised:
+        render("{% if true %}" * 5000 + "x" + "{% endif %}" * 5000)
+    assert len(str(raised.value)) < 500
