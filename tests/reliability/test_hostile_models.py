@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from agent.engine.model_files import MAX_CONTEXT
 from agent.log_records import MAX_RECORD_CHARS
