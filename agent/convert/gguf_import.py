@@ -27,6 +27,7 @@ from agent.convert.gguf_weights import (
     PASSTHROUGH_TYPES,
     SUPPORTED_TYPES,
     GGUFWeights,
+    UNPERMUTED_ARCHITECTURES,
     hf_name,
     tensor_shape,
 )
@@ -36,7 +37,8 @@ from agent.convert.llama_shape import LlamaShape, RopeScaling
 from agent.convert.repo_files import write_model_configs, write_tokenizer_files
 from agent.convert.weight_forms import QUANT_FILES, Quant
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "qwen2", "qwen3")
+"""GGUF ``general.architecture`` values imported; Mistral's and SmolLM's GGUFs are ``llama``."""
 FUSED_BY_DEFAULT = True
 """Imports write the fused graph layout (GroupQueryAttention, skip-norms, logits_to_keep): same tokens
 as the unfused layout, ~1.5-2x faster decode and prefill (bench/run.py). The engine runs both.
@@ -153,7 +155,7 @@ def _check_tensors(reader: GGUFReader, shape: LlamaShape) -> Counter[str]:
         if IGNORED_TENSORS.match(t.name):
             continue
         if hf_name(t.name) is None:
-            raise UnsupportedModelError(f"tensor {t.name!r} is not part of a plain llama decoder")
+            raise UnsupportedModelError(f"tensor {t.name!r} is not part of a decoder the fused graph writes")
         if qtype not in SUPPORTED_TYPES:
             raise UnsupportedModelError(f"tensor {t.name!r} has type {qtype.name}; supported types: {supported}")
     names = {hf_name(t.name) for t in reader.tensors}
@@ -266,7 +268,8 @@ def import_gguf(
         stage = f"convert {quant}"
         total = shape.num_layers + 1
         report(stage, 0, total)
-        weights = GGUFWeights(reader, shape, _PASSTHROUGH[quant])
+        permuted = summary.architecture not in UNPERMUTED_ARCHITECTURES
+        weights = GGUFWeights(reader, shape, _PASSTHROUGH[quant], permuted=permuted)
         path = write_llama_onnx(
             shape,
             weights,

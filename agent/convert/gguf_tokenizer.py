@@ -36,13 +36,25 @@ def _digits_then_gpt2() -> pre_tokenizers.PreTokenizer:
     return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _gpt2()])
 
 
-def _llama3() -> pre_tokenizers.PreTokenizer:
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+"""Qwen2/2.5/3's split: Llama 3's, but digits one at a time."""
+
+
+def _split_then_bytes(pattern: str) -> pre_tokenizers.PreTokenizer:
     return pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ]
     )
+
+
+def _llama3() -> pre_tokenizers.PreTokenizer:
+    return _split_then_bytes(LLAMA3_PATTERN)
+
+
+def _qwen2() -> pre_tokenizers.PreTokenizer:
+    return _split_then_bytes(QWEN2_PATTERN)
 
 
 # tokenizer.ggml.pre -> (pre-tokenizer, ignore_merges), following llama.cpp's llama-vocab.cpp.
@@ -56,6 +68,7 @@ PRE_TOKENIZERS: dict[str, tuple[Callable[[], pre_tokenizers.PreTokenizer], bool]
     "codeshell": (_digits_then_gpt2, False),
     "llama-bpe": (_llama3, True),
     "llama3": (_llama3, True),
+    "qwen2": (_qwen2, False),
 }
 
 

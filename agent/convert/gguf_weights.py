@@ -39,20 +39,26 @@ _LAYER = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "attn_q_norm": "self_attn.q_norm",  # Qwen3
+    "attn_k_norm": "self_attn.k_norm",
 }
+UNPERMUTED_ARCHITECTURES = frozenset({"qwen2", "qwen3"})
+"""llama.cpp's converter permutes q/k rows for its interleaved rotary only in llama-architecture files;
+Qwen's use the NEOX layout, Hugging Face's own."""
 IGNORED_TENSORS = re.compile(r"^(rope_freqs\.weight|blk\.\d+\.attn_rot_embd(\.weight)?)$")
 
 
 def hf_name(gguf_name: str) -> str | None:
-    """The Hugging Face name of a llama GGUF tensor, or None if it is not a plain decoder weight."""
+    """The Hugging Face name of a decoder GGUF tensor, or None if it is not a decoder weight the fused
+    graph writes (q/k/v biases are: Qwen2's)."""
     base, _, suffix = gguf_name.rpartition(".")
-    if suffix != "weight":
+    if suffix not in ("weight", "bias"):
         return None
-    if base in _GLOBAL:
+    if base in _GLOBAL and suffix == "weight":
         return f"{_GLOBAL[base]}.weight"
     m = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
-    if m and m.group(2) in _LAYER:
-        return f"model.layers.{m.group(1)}.{_LAYER[m.group(2)]}.weight"
+    if m and m.group(2) in _LAYER and (suffix == "weight" or m.group(2) in ("attn_q", "attn_k", "attn_v")):
+        return f"model.layers.{m.group(1)}.{_LAYER[m.group(2)]}.{suffix}"
     return None
 
 
@@ -106,8 +112,11 @@ def load_tensor(t: ReaderTensor, passthrough: frozenset[QT] = frozenset()) -> We
 class GGUFWeights(Mapping[str, Weight]):
     """Lazy Hugging Face-named view of a llama GGUF: each access reads and converts one tensor."""
 
-    def __init__(self, reader: GGUFReader, shape: LlamaShape, passthrough: frozenset[QT] = frozenset()) -> None:
+    def __init__(
+        self, reader: GGUFReader, shape: LlamaShape, passthrough: frozenset[QT] = frozenset(), *, permuted: bool = True
+    ) -> None:
         self.shape = shape
+        self.permuted = permuted
         self.passthrough = passthrough
         self._tensors: dict[str, ReaderTensor] = {}
         for t in reader.tensors:
@@ -118,7 +127,7 @@ class GGUFWeights(Mapping[str, Weight]):
     def __getitem__(self, name: str) -> Weight:
         w = load_tensor(self._tensors[name], self.passthrough)
         for proj, heads in (("q_proj", self.shape.num_heads), ("k_proj", self.shape.num_kv_heads)):
-            if name.endswith(f".self_attn.{proj}.weight"):
+            if self.permuted and name.endswith(f".self_attn.{proj}.weight"):
                 index = unpermute_index(self.shape.head_dim * heads, heads)
                 w = w.take_rows(index) if isinstance(w, BlockQuantized) else w[index]
         return w

@@ -17,9 +17,6 @@ the way onnx-community's repos are, then:
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -35,24 +32,10 @@ from agent.engine.model import load_model
 from agent.engine.model_files import onnx_path
 from tests.fakes.decoder import Decoder
 
-pytest.importorskip("torch", reason="needs the convert extra: pip install -c constraints.txt -e '.[convert]'")
-pytest.importorskip("optimum.exporters.onnx", reason="needs the convert extra")
+from tests.convert.hub_exports import FAMILIES, NEW_TOKENS, PROMPT
 
-from tests.convert.hub_exports import FAMILIES, NEW_TOKENS, PROMPT  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_AGREEMENT = 0.85
 TEACHER = (PROMPT * 8)[:60]
-
-
-@pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("hub-exports")
-    subprocess.run(
-        [sys.executable, "-m", "tests.convert.hub_exports", str(out)], cwd=ROOT, check=True, timeout=900,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    return out
 
 
 def _repo(exports: Path, family: str) -> Path:

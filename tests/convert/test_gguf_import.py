@@ -228,7 +228,9 @@ def test_rope_scaling_metadata_and_frequency_factors(tmp_path: Path, tiny: TinyM
 def test_unsupported_files_are_refused_clearly(tmp_path: Path, tiny: TinyModel) -> None:
     path = tmp_path / "gemma.gguf"
     write_tiny_gguf(path, tiny.shape, tiny.weights, tiny.tokenizer, architecture="gemma")
-    with pytest.raises(UnsupportedModelError, match="architecture 'gemma' is not supported; supported: llama"):
+    with pytest.raises(
+        UnsupportedModelError, match="architecture 'gemma' is not supported; supported: llama, qwen2, qwen3"
+    ):
         inspect_gguf(path)
 
     iq = np.zeros((tiny.shape.hidden_size, tiny.shape.hidden_size // 32 * 18), np.uint8)
@@ -245,12 +247,12 @@ def test_unsupported_files_are_refused_clearly(tmp_path: Path, tiny: TinyModel) 
     write_tiny_gguf(
         path, tiny.shape, tiny.weights, tiny.tokenizer, extra_tensors={"blk.0.ffn_gate_exps.weight": (moe, QT.F32)}
     )
-    with pytest.raises(UnsupportedModelError, match="not part of a plain llama decoder"):
+    with pytest.raises(UnsupportedModelError, match="not part of a decoder the fused graph writes"):
         inspect_gguf(path)
 
     path = tmp_path / "pre.gguf"
-    write_tiny_gguf(path, tiny.shape, tiny.weights, tiny.tokenizer, pre="qwen2")
-    with pytest.raises(UnsupportedModelError, match="pre-tokenizer 'qwen2' is not supported"):
+    write_tiny_gguf(path, tiny.shape, tiny.weights, tiny.tokenizer, pre="deepseek-llm")
+    with pytest.raises(UnsupportedModelError, match="pre-tokenizer 'deepseek-llm' is not supported"):
         import_gguf(path, tmp_path / "repo")
 
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf at all" * 10)

@@ -35,14 +35,19 @@ _LAYER_NAMES = {
     "mlp.gate_proj": "ffn_gate",
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
+    "self_attn.q_norm": "attn_q_norm",
+    "self_attn.k_norm": "attn_k_norm",
 }
+UNPERMUTED = ("qwen2", "qwen3")
+"""Architectures whose q/k rows llama.cpp's converter leaves in Hugging Face's order (NEOX rotary)."""
 
 
 def gguf_name(hf: str) -> str:
     if hf in _GGUF_NAMES:
         return _GGUF_NAMES[hf]
     _, _, layer, rest = hf.split(".", 3)
-    return f"blk.{layer}.{_LAYER_NAMES[rest.removesuffix('.weight')]}.weight"
+    module, _, suffix = rest.rpartition(".")
+    return f"blk.{layer}.{_LAYER_NAMES[module]}.{suffix}"
 
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
@@ -83,6 +88,9 @@ def write_shape(w: GGUFWriter, shape: LlamaShape, *, name: str, context: int, fi
     w.add_layer_norm_rms_eps(shape.rms_norm_eps)
     w.add_rope_freq_base(shape.rope_theta)
     w.add_rope_dimension_count(shape.head_dim)
+    if shape.head_dim * shape.num_heads != shape.hidden_size:
+        w.add_key_length(shape.head_dim)
+        w.add_value_length(shape.head_dim)
     w.add_vocab_size(shape.vocab_size)
     w.add_file_type(file_type)
 
@@ -138,7 +146,9 @@ def write_tiny_gguf(
         else:
             qtype = matrix_type
         types[name] = qtype
-        if name.endswith("q_proj.weight"):
+        if architecture in UNPERMUTED:
+            pass
+        elif name.endswith("q_proj.weight"):
             value = llama_cpp_permute(value, shape.num_heads)
         elif name.endswith("k_proj.weight"):
             value = llama_cpp_permute(value, shape.num_kv_heads)
