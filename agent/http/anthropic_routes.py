@@ -70,7 +70,8 @@ async def create_message() -> Response:
     turn = await prepare(to_chat(req))
     message_id = f"msg_{uuid.uuid4().hex}"
     if req.stream:
-        return sse.event_stream(_stream(turn, message_id))
+        return sse.event_stream(_stream(turn, message_id), stalled=lambda message: _event("error", {
+            "type": "error", "error": {"type": "overloaded_error", "message": message}}))
     content: list[dict[str, Any]] = []
     text: list[str] = []
     finished: Finished | None = None

@@ -48,7 +48,8 @@ async def create_response() -> Response:
     turn = await prepare(chat, param="input")
     answer = _Answer(req, turn.model)
     if req.stream:
-        return sse.event_stream(_stream(turn, answer))
+        return sse.event_stream(_stream(turn, answer), stalled=lambda message: b"event: error\n" + sse.event({
+            "type": "error", "code": "slow_reader", "message": message, "param": None}))
     async for event in turn.events():
         answer.add(event)
     return json_response(answer.response())

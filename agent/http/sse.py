@@ -13,8 +13,8 @@ then. What a caller may rely on:
 - Up to ``BUFFER_BYTES`` of a stream may wait for the client; the rest of the generation waits
   while the buffer is full.
 - A buffer that stays full for ``STALL_S`` seconds (the client reads nothing) ends the generation:
-  the turn is given back, the client gets what was buffered, then one ``error`` event
-  (``slow_reader``), and the stream ends.
+  the turn is given back, the client gets what was buffered, then one error event (in the route's shape,
+  ``slow_reader``), and the stream ends.
 - A client that disconnects still stops the generation within a step.
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -42,9 +42,11 @@ def event(payload: Any) -> bytes:
     return b"data: " + _encoder.encode(payload) + b"\n\n"
 
 
-def event_stream(body: AsyncIterator[bytes]) -> Response:
+def event_stream(body: AsyncIterator[bytes], *, stalled: Callable[[str], bytes] | None = None) -> Response:
+    """``body`` as an SSE response; ``stalled`` makes the event that ends a stream whose client
+    stopped reading from its message, in the route's own error shape (default: OpenAI's)."""
     response = Response(
-        decoupled(body),
+        decoupled(body, stalled=stalled or stall_event),
         status=200,
         content_type="text/event-stream; charset=utf-8",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -53,15 +55,17 @@ def event_stream(body: AsyncIterator[bytes]) -> Response:
     return response
 
 
-def stall_event(limit: int, stall_s: float) -> bytes:
-    """The event that ends a stream whose client stopped reading."""
-    return event({"error": {
-        "message": f"the client read too slowly: {limit} bytes waited {stall_s:g} s unread, so the generation "
-                   "was stopped", "type": "server_error", "param": None, "code": "slow_reader"}})
+def stall_message(limit: int, stall_s: float) -> str:
+    return f"the client read too slowly: {limit} bytes waited {stall_s:g} s unread, so the generation was stopped"
 
 
-async def decoupled(body: AsyncIterator[bytes], limit: int = BUFFER_BYTES,
-                    stall_s: float = STALL_S) -> AsyncIterator[bytes]:
+def stall_event(message: str) -> bytes:
+    """The event that ends a stream whose client stopped reading (OpenAI's error shape)."""
+    return event({"error": {"message": message, "type": "server_error", "param": None, "code": "slow_reader"}})
+
+
+async def decoupled(body: AsyncIterator[bytes], limit: int = BUFFER_BYTES, stall_s: float = STALL_S, *,
+                    stalled: Callable[[str], bytes] = stall_event) -> AsyncIterator[bytes]:
     """``body``'s chunks, produced by a task of their own ahead of the reader (see the module
     docstring). Each step yields everything buffered so far as one chunk."""
     chunks: deque[bytes] = deque()
@@ -80,7 +84,7 @@ async def decoupled(body: AsyncIterator[bytes], limit: int = BUFFER_BYTES,
                     try:
                         await asyncio.wait_for(space.wait(), stall_s)
                     except TimeoutError:
-                        chunks.append(stall_event(limit, stall_s))
+                        chunks.append(stalled(stall_message(limit, stall_s)))
                         return
                 chunks.append(chunk)
                 buffered += len(chunk)
