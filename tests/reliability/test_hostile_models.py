@@ -30,6 +30,8 @@ EVIL_TEMPLATE = (
     "{% macro deeper(n) %}{{ deeper(n + 1) }}{% endmacro %}"
     "{% if messages[0]['content'] == 'loop' %}"
     "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    "{% elif messages[0]['content'] == 'slow' %}"
+    "{% for i in range(100000) %}{% set n = ('ab' * 1000000) | length %}{% endfor %}"
     "{% elif messages[0]['content'] == 'recurse' %}{{ deeper(0) }}"
     "{% elif messages[0]['content'] == 'overflow' %}{{ 10.0 ** 400 }}"
     "{% elif messages[0]['content'] == 'grow' %}"
@@ -76,7 +78,7 @@ def _one_line_error(answer: httpx.Response, status: int, code: str | None = None
 
 
 @case(area="hostile models", case="a chat template that loops, recurses, overflows or builds 3 GB",
-      did="a hub repo whose template runs 10^10 loop iterations, unbounded macro recursion, 10.0 ** 400 or doubles a string 60 times on trigger words, and holds 'a' * 3000000000 in a branch that never runs; pull, use, chat each trigger, /health meanwhile, then a plain chat",
+      did="a hub repo whose template runs 10^10 loop iterations, 100 000 iterations of 2 MB strings, unbounded macro recursion, 10.0 ** 400 or doubles a string 60 times on trigger words, and holds 'a' * 3000000000 in a branch that never runs; pull, use, chat each trigger, /health meanwhile, then a plain chat",
       outcome="the load allocates nothing for the constant (RSS bounded); each trigger a one-line 400 invalid_template naming the template ('exceeded its render budget', RecursionError, OverflowError); /health answers while a render runs; the next chat gets its reply (the turn was freed)")
 def test_hostile_chat_templates(agent: AgentProcess, hub_repos: HubRepos, tiny_model: TinyModel) -> None:
     before = rss(agent.proc.pid)
@@ -85,7 +87,8 @@ def test_hostile_chat_templates(agent: AgentProcess, hub_repos: HubRepos, tiny_m
     assert rss(agent.proc.pid) < before + 512 * MIB, "the template's constant was built at load"
     with httpx.Client(base_url=agent.http_url, timeout=120) as http:
         answers: dict[str, httpx.Response] = {}
-        looping = threading.Thread(target=lambda: answers.setdefault("loop", _chat(http, "loop")))
+        # 'slow' spends its whole time budget (100 000 iterations of a 2 MB string, cut at 5 s).
+        looping = threading.Thread(target=lambda: answers.setdefault("slow", _chat(http, "slow")))
         looping.start()
         healthy = []
         while looping.is_alive() and len(healthy) < 2000:  # bounded: the render stops within its budget
@@ -96,9 +99,10 @@ def test_hostile_chat_templates(agent: AgentProcess, hub_repos: HubRepos, tiny_m
         # queued behind it, and perhaps one more before the chat's answer is read; not five.
         during = sum(1 for status, rendering in healthy if status == 200 and rendering)
         assert during >= 5, f"{during} /health answers while the template was rendering"
-        said = _one_line_error(answers["loop"], 400, "invalid_template")
+        said = _one_line_error(answers["slow"], 400, "invalid_template")
         assert "chat template 'default' exceeded its render budget" in said, said
-        for trigger, words in (("recurse", "RecursionError"), ("overflow", "OverflowError"),
+        for trigger, words in (("loop", "exceeded its render budget"), ("recurse", "RecursionError"),
+                               ("overflow", "OverflowError"),
                                ("grow", "exceeded its render budget")):
             said = _one_line_error(_chat(http, trigger), 400, "invalid_template")
             assert words in said and "'default'" in said, said
