@@ -87,9 +87,19 @@ def _refuse_size(size: int, what: str) -> None:
         raise RenderBudgetExceeded(f"{what} would build a value of {size} items (at most {MAX_LENGTH})")
 
 
-def _check_format_string(fmt: Any, what: str) -> None:
-    if isinstance(fmt, str) and _BIG_NUMBER.search(fmt):
+_NESTED_WIDTH = re.compile(r"%[^a-zA-Z%]*\*|\{[^{}]*\{")
+"""A width taken from the arguments: ``%*d``, ``{:{w}}``."""
+
+
+def _check_format_string(fmt: Any, what: str, args: Any = ()) -> None:
+    if not isinstance(fmt, str):
+        return
+    if _BIG_NUMBER.search(fmt):
         raise RenderBudgetExceeded(f"{what} asks for a field width or precision of 10^7 or more")
+    if _NESTED_WIDTH.search(fmt):
+        values = args.values() if isinstance(args, dict) else args if isinstance(args, (tuple, list)) else (args,)
+        if any(isinstance(v, int) and abs(v) >= 10**7 for v in values):
+            raise RenderBudgetExceeded(f"{what} takes a field width of 10^7 or more from its arguments")
 
 
 def _sized(value: Any) -> int | None:
@@ -107,14 +117,14 @@ def _precheck_binop(op: str, left: Any, right: Any) -> None:
             if right * abs(left).bit_length() > MAX_POWER_BITS:
                 raise RenderBudgetExceeded(f"'**' would build an integer of more than {MAX_POWER_BITS} bits")
     elif op == "%" and isinstance(left, str):
-        _check_format_string(left, "'%'")
+        _check_format_string(left, "'%'", right)
     elif op == "+":
         a, b = _sized(left), _sized(right)
         if a is not None and b is not None:
             _refuse_size(a + b, "'+'")
 
 
-def _precheck_call(obj: Any, args: tuple[Any, ...]) -> None:
+def _precheck_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     """Refuse before it runs a ``str`` method whose result would be too big."""
     method = getattr(obj, "__wrapped__", obj)  # the sandbox wraps str.format in a function
     owner = getattr(method, "__self__", None)
@@ -133,7 +143,7 @@ def _precheck_call(obj: Any, args: tuple[Any, ...]) -> None:
         width = args[0] if args and isinstance(args[0], int) else 8
         _refuse_size(len(owner) + owner.count("\t") * max(width, 0), "str.expandtabs")
     elif name in ("format", "format_map"):
-        _check_format_string(owner, f"str.{name}")
+        _check_format_string(owner, f"str.{name}", args[0] if name == "format_map" and args else (*args, *kwargs.values()))
 
 
 class _Counted:
@@ -159,7 +169,7 @@ def _counted(iterable: Any) -> Any:
 def _wrap_filter(func: Any, name: str, sized_args: tuple[int, ...] = (), format_arg: bool = False) -> Any:
     def bounded(value: Any, *args: Any, **kwargs: Any) -> Any:
         if format_arg:
-            _check_format_string(value, f"the {name} filter")
+            _check_format_string(value, f"the {name} filter", (*args, *kwargs.values()))
         for index in sized_args:
             if index < len(args) and isinstance(args[index], int) and not isinstance(args[index], bool):
                 _refuse_size(args[index] * (max(1, str(value).count("\n") + 1) if name == "indent" else 1),
@@ -208,7 +218,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         _budget().tick()
         if isinstance(__obj, LoopContext) and args:  # ``loop(children)`` in a recursive loop: count those too
             args = (_Counted(args[0]), *args[1:])
-        _precheck_call(__obj, args)
+        _precheck_call(__obj, args, kwargs)
         return _check_size(super().call(__context, __obj, *args, **kwargs), "a call")
 
     @staticmethod
