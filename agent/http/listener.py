@@ -124,15 +124,15 @@ async def serve_bounded(app: Quart, config: Config, sock: socket.socket, *,
     try:
         await shutdown_trigger()
     finally:
-        await context.terminated.set()
+        await context.terminated.set()  # idle connections close now, busy ones after their answer
         server.close()
-        await server.wait_closed()
         if connections:
             _, pending = await asyncio.wait(set(connections), timeout=config.graceful_timeout)
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=5)
+        await server.wait_closed()  # after the connections: from Python 3.12 on it waits for them
         await lifespan.wait_for_shutdown()
         lifespan_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
