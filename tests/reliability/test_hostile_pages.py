@@ -75,10 +75,11 @@ def _active(agent: AgentProcess) -> tuple[str | None, list[str]]:
 
 @case(area="security", case="a web page POSTs to /v1 (CSRF), whatever its Content-Type",
       did="text/plain and JSON POSTs with Origin: http://evil.example to chat completions, completions, Messages and "
-          "Responses, each naming another installed model; a preflight; then the agent's own origin and no Origin",
+          "Responses, each naming another installed model; a preflight; POST /api/activate (with the token); then "
+          "the agent's own origin and no Origin",
       outcome="403 before anything runs (OpenAI-shaped forbidden_origin on /v1, Anthropic permission_error on "
-              "/v1/messages); the active and loaded models unchanged; the agent's own page and clients without "
-              "Origin are served")
+              "/v1/messages, forbidden on /api); the active and loaded models unchanged; the agent's own page and "
+              "clients without Origin are served")
 def test_a_web_page_cannot_generate_or_switch_models(page_agent: AgentProcess) -> None:
     other = variant_key(TINY, "fp32")
     before = _active(page_agent)
@@ -105,6 +106,10 @@ def test_a_web_page_cannot_generate_or_switch_models(page_agent: AgentProcess) -
         preflight = http.options("/v1/chat/completions", headers={"Origin": EVIL, "Access-Control-Request-Method": "POST"})
         assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
         assert http.get("/v1/models", headers={"Origin": "null"}).status_code == 403
+        token = f"Bearer {page_agent.info.token}"  # even with the token, /api is for the agent's own page only
+        api = http.post("/api/activate", content=json.dumps({"key": other}),
+                        headers={"Origin": EVIL, "Content-Type": "text/plain", "Authorization": token})
+        assert api.status_code == 403 and api.json()["code"] == "forbidden", api.text
         assert _active(page_agent) == before  # nothing loaded, nothing unloaded
 
         own = f"http://127.0.0.1:{page_agent.ports[0]}"
@@ -164,8 +169,8 @@ def _slow_stream(port: int, body: bytes, received: list[int], done: threading.Ev
 
 
 @case(area="load", case="a client that reads its SSE stream slowly",
-      did="stream 4000 tokens with top-20 logprobs (over 4.5 MB, more than the socket buffers hold) to a raw socket with SO_RCVBUF 4 KB that stops reading "
-          "after the first event; meanwhile a second request to the same model",
+      did="stream 4000 tokens with top-20 logprobs (over 4.5 MB, more than the socket buffers hold) to a raw socket "
+          "with SO_RCVBUF 4 KB that stops reading after the first event; meanwhile a second request to the same model",
       outcome="the second request is answered while the slow client has still read only the first event (the "
               "generation ran ahead into the stream's buffer and gave the model's turn back); the slow client then "
               "reads its whole stream, every event, to [DONE]")
