@@ -65,13 +65,16 @@ CURATED_EMBED = (
 """The same for an empty ``kind="embed"`` search: embedding models with ONNX weights."""
 
 ONNX_NAMES: dict[str, tuple[str, ...]] = {
-    "q4": ("model_q4.onnx",),
+    "q4": ("model_q4.onnx", "model_q4f16.onnx"),
     "q8": ("model_quantized.onnx", "model_int8.onnx", "model_uint8.onnx"),
     "fp16": ("model_fp16.onnx",),
     "fp32": ("model.onnx",),
 }
 """ONNX file names per quantization, preferred first. ``model_int8``/``model_uint8`` are the names
-Transformers.js gives the two halves of its q8 export; a repo that has only one of them still offers q8."""
+Transformers.js gives the two halves of its q8 export; a repo that has only one of them still offers q8.
+``model_q4f16`` (4-bit blocks with fp16 scales and activations, the only file of some ``-web`` repos)
+is q4 when there is no ``model_q4``: the fast path rewrites it into the same float32-activation q4
+graph (its fp16 scales convert exactly)."""
 
 SUPPORT_FILES = (
     "config.json",

@@ -60,4 +60,11 @@ def test_quantization_of() -> None:
     assert quantization_of("onnx/model_q4.onnx") == "q4"
     assert quantization_of("onnx/model_quantized.onnx") == "q8"
     assert quantization_of("model.onnx") == "fp32"
-    assert quantization_of("onnx/model_q4f16.onnx") is None
+    assert quantization_of("onnx/model_q4f16.onnx") == "q4"  # the q4 of -web repos (rewritten at load)
+    assert quantization_of("onnx/model_bnb4.onnx") is None
+
+
+def test_q4f16_is_the_q4_only_where_there_is_no_model_q4() -> None:
+    assert select_files(["onnx/model_q4f16.onnx", "config.json"], "q4") == ["onnx/model_q4f16.onnx", "config.json"]
+    assert offered_quantizations(["onnx/model_q4f16.onnx", "onnx/model_fp16.onnx"]) == ["q4", "fp16"]
+    assert select_files(["onnx/model_q4f16.onnx", "onnx/model_q4.onnx"], "q4") == ["onnx/model_q4.onnx"]

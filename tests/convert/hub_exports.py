@@ -5,7 +5,8 @@ for each family a random transformers model (std 0.2 weights, so greedy output v
 ChatML tokenizer, exported by ``agent.convert.checkpoint.export_checkpoint`` (optimum's
 ``text-generation-with-past`` export, then ``MatMulNBitsQuantizer`` 4/8-bit and the fp16 converter:
 ``onnx/model.onnx``, ``model_fp16.onnx``, ``model_quantized.onnx``, ``model_q4.onnx``) into
-``OUT/<family>/repo``, and what transformers itself generates greedily for :data:`PROMPT` into
+``OUT/<family>/repo``, a ``-web`` style repo with only ``onnx/model_q4f16.onnx`` into ``OUT/<family>/web``,
+and what transformers itself generates greedily for :data:`PROMPT` into
 ``OUT/<family>/transformers.json``. Run in a child process so the test process never imports torch.
 """
 
@@ -70,6 +71,7 @@ def build(out: Path, family: str) -> None:
         unk_token="<|endoftext|>",
     ).save_pretrained(source)
     export_checkpoint(source, out / family / "repo", ["fp32", "fp16", "q8", "q4"], lambda *_: None)
+    _web_repo(out / family / "repo", out / family / "web")
     ids = torch.tensor([PROMPT])
     with torch.no_grad():
         generated = model.generate(
@@ -79,8 +81,30 @@ def build(out: Path, family: str) -> None:
     (out / family / "transformers.json").write_text(json.dumps(generated[0, len(PROMPT):].tolist()))
 
 
+def _web_repo(repo: Path, web: Path) -> None:
+    """A ``-web`` style repo: only ``onnx/model_q4f16.onnx`` (the fp16 model, fp16 I/O and KV cache,
+    its MatMuls quantized to 4-bit blocks with fp16 scales), beside the same support files."""
+    import shutil
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    (web / "onnx").mkdir(parents=True)
+    for f in repo.iterdir():
+        if f.is_file():
+            shutil.copy2(f, web / f.name)
+    fp16 = convert_float_to_float16(onnx.load(str(repo / "onnx" / "model.onnx")), keep_io_types=False)
+    quantizer = MatMulNBitsQuantizer(fp16, bits=4, block_size=32, is_symmetric=True)
+    quantizer.process()
+    onnx.save(quantizer.model.model, str(web / "onnx" / "model_q4f16.onnx"))
+
+
 def main(argv: list[str]) -> int:
+    import logging
+
     warnings.simplefilter("ignore")
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     out = Path(argv[0])
     for family in argv[1:] or list(FAMILIES):
         build(out, family)

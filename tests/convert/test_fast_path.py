@@ -172,3 +172,26 @@ def test_a_graph_hflocal_wrote_is_not_rewritten(tmp_path: Path) -> None:
     stamp = json.loads((cache_dir_for(tmp_path) / "q4" / "stamp.json").read_text())
     assert stamp["original"] == fast_path.ALREADY_FUSED
     assert not (cache_dir_for(tmp_path) / "q4" / "onnx").exists()  # nothing rewritten
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+def test_a_q4f16_only_repo_is_q4_and_runs_rewritten(exports: Path, family: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``model_q4f16.onnx`` (fp16 activations, I/O and cache) is the q4 variant when there is no
+    ``model_q4.onnx``; the engine runs it as it is, or rewritten (float32 activations, the same
+    blocks), which agrees with it within the stated tolerance."""
+    from agent.hub import offered_quantizations
+
+    web = exports / family / "web"
+    names = [p.relative_to(web).as_posix() for p in web.rglob("*") if p.is_file() and ".hflocal" not in str(p)]
+    assert offered_quantizations(names) == ["q4"]
+    source = web / "onnx" / "model_q4f16.onnx"
+    assert onnx_path(web, "q4") == source
+    assert load_model(web, quantization="q4", device="cpu").info.graph == "fused"
+    monkeypatch.setenv("HFLOCAL_FAST_PATH", "0")
+    assert load_model(web, quantization="q4", device="cpu").info.graph == "original"  # it runs as it is too
+
+    fast = fast_graph(web, source, "q4")
+    assert fast.path is not None
+    exact = Decoder(fast.path).teacher_forced_top1(TEACHER)
+    original = Decoder(source).teacher_forced_top1(TEACHER)
+    assert float(np.mean(exact == original)) >= DEFAULT_AGREEMENT

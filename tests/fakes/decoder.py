@@ -20,9 +20,10 @@ class Decoder:
         self.output_names = [o.name for o in self.session.get_outputs()]
         first = next(i for i in self.session.get_inputs() if i.name.startswith("past_key_values."))
         self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
+        self.kv_dtype = np.float16 if first.type == "tensor(float16)" else np.float32  # q4f16 / fp16-I/O graphs
 
     def empty_past(self, batch: int = 1) -> list[np.ndarray]:
-        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32) for _ in self.past_names]
+        return [np.zeros((batch, self.kv_heads, 0, self.head_dim), self.kv_dtype) for _ in self.past_names]
 
     def step(
         self,
@@ -47,7 +48,7 @@ class Decoder:
             **dict(zip(self.past_names, past, strict=True)),
         }
         out = self.session.run(self.output_names, feeds)
-        return out[0], out[1:]
+        return out[0].astype(np.float32, copy=False), out[1:]
 
     def greedy(self, prompt: list[int], steps: int, eos: int | None = None) -> list[int]:
         """Greedy continuation with the KV cache carried between single-token steps."""
