@@ -146,6 +146,8 @@ async def status(rt: Runtime, req: Status) -> StatusResult:
         model_state=pool.model_state,
         model_error=pool.error,
         provider=pool.provider,
+        graph=pool.graph,
+        graph_note=pool.graph_note,
         downloads=rt.downloads.running(),
         warnings=list(rt.warnings),
         activation_failed=_failed_activation(rt),

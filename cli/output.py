@@ -83,6 +83,8 @@ def print_status(s: StatusResult) -> None:
     print(f"model      {model}" + (f" [{s.model_state}]" if s.active else ""))
     if s.provider:
         print(f"provider   {s.provider}")
+    if s.graph:
+        print(f"graph      {s.graph}" + (f" ({s.graph_note})" if s.graph_note else ""))
     if s.model_error:
         print(f"error      {s.model_error}")
     if s.activation_failed is not None:

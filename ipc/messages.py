@@ -193,6 +193,10 @@ class StatusResult(Message, kw_only=True):
     load failed; ``model_error`` says why) or ``unloaded`` (not in memory; it loads on the next request)."""
     model_error: str | None = None
     provider: str | None = None
+    graph: str | None = None
+    """For a loaded active model: ``fused`` (hflocal's fast graph: a GGUF import, or the rewrite of a Hub
+    export made at its first load) or ``original`` (the repo's own graph; ``graph_note`` says why)."""
+    graph_note: str | None = None
     downloads: list[DownloadInfo] = msgspec.field(default_factory=list)
     warnings: list[str] = msgspec.field(default_factory=list)
     activation_failed: ActivationFailure | None = None

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.hubserver.fixtures import hf_env, hub, hub_repos  # noqa: F401 - shared fixtures
+from tests.support.exports import exports  # noqa: F401 - shared fixture
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 

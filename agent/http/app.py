@@ -83,6 +83,8 @@ def create_app(pool: ModelPool, settings: Settings, *, extra_blueprints: Sequenc
             "port": st.port,
             "provider": status.provider,
             "fallback_reason": status.fallback_reason,
+            "graph": status.graph,
+            "graph_note": status.graph_note,
             "loaded": status.loaded,
             "loading": status.loading,
             "activating": status.activating,

@@ -283,6 +283,8 @@ class ModelPool:
             loading=[s.key for s in self._slots.values() if s.model is None and s.load_task is not None],
             provider=info.provider if info else None,
             fallback_reason=info.fallback_reason if info else None,
+            graph=info.graph if info else None,
+            graph_note=(info.graph_note or None) if info else None,
             error=self._failures.get(active) if active else None,
             queue_depth=sum(queues.values()),
             running=sum(1 for s in self._slots.values() if s.busy),

@@ -137,6 +137,9 @@ class PoolStatus:
     loading: list[str]
     provider: str | None
     fallback_reason: str | None
+    graph: str | None
+    """``fused`` or ``original`` for a loaded active model (``ModelInfo.graph``), else None."""
+    graph_note: str | None
     error: str | None
     queue_depth: int
     running: int

@@ -1,4 +1,5 @@
-"""Fixtures shared by the converter tests."""
+"""``exports``: Hub-style repos of tiny random decoders, one per family (session fixture, in the root
+conftest so the converter and CLI tests share one build)."""
 
 from __future__ import annotations
 
