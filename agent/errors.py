@@ -86,11 +86,14 @@ class NoOnnxError(AgentError, LookupError):
 
     code = "no_onnx"
 
-    def __init__(self, model_id: str) -> None:
+    def __init__(self, model_id: str, found: str = "") -> None:
+        """``found``: what the repo has instead, when it is recognisable (``agent.hub.layout_problem``)."""
+        what = f"{found}; " if found else ""
         super().__init__(
-            f"{model_id} has no ONNX weights (expected onnx/model_q4.onnx, onnx/model_quantized.onnx, "
-            "onnx/model_fp16.onnx or onnx/model.onnx); search for an onnx-community version",
-            details={"model_id": model_id},
+            f"{model_id} has no ONNX weights hflocal runs ({what}expected onnx/model_q4.onnx, "
+            "onnx/model_q4f16.onnx, onnx/model_quantized.onnx, onnx/model_fp16.onnx or onnx/model.onnx); "
+            "search for an onnx-community version",
+            details={"model_id": model_id, "found": found},
         )
 
 

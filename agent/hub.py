@@ -160,7 +160,31 @@ def select_files(filenames: Collection[str], quantization: str) -> list[str]:
 def offered_quantizations(filenames: Collection[str]) -> list[str]:
     """The quantizations ``filenames`` offer, in ``QUANTIZATIONS`` order."""
     names = set(filenames)
+    if any(n.rsplit("/", 1)[-1] == "genai_config.json" for n in names):
+        return []  # its model.onnx is an onnxruntime-genai graph (own config, preallocated cache): not runnable
     return [q for q in QUANTIZATIONS if _onnx_path(names, q) is not None]
+
+
+def layout_problem(filenames: Collection[str]) -> str:
+    """What a repo that offers no quantization has instead, in words (``""`` if nothing recognisable):
+    said when it is pulled, never at its first request."""
+    names = set(filenames)
+    bases = {n.rsplit("/", 1)[-1] for n in names}
+    if "genai_config.json" in bases:
+        return "it is an onnxruntime-genai layout (genai_config.json), which hflocal does not run yet"
+    merged = sorted(n for n in names if n.rsplit("/", 1)[-1].startswith("decoder_model_merged") and n.endswith(".onnx"))
+    if merged:
+        return f"it has a merged decoder ({merged[0]}: two graphs behind use_cache_branch), which hflocal does not run yet"
+    if any(b.endswith("_bnb4.onnx") for b in bases):
+        return "its only 4-bit file is bitsandbytes 4-bit (model_bnb4.onnx), which hflocal does not run"
+    others = sorted(n for n in names if n.endswith(".onnx"))
+    if others:
+        return f"its ONNX files ({', '.join(others[:3])}) are not decoder files hflocal knows"
+    if any(b.endswith(".gguf") for b in bases):
+        return "it has GGUF files: download one and run `hflocal import FILE.gguf`"
+    if any(b.endswith(".safetensors") for b in bases):
+        return "it has only a safetensors checkpoint: `hflocal import` a local copy converts it (the convert extra)"
+    return ""
 
 
 def quantization_of(onnx_file: str) -> str | None:
@@ -218,7 +242,7 @@ class RepoListing:
         quantization = normalize_quantization(quantization)
         offered = offered_quantizations(self.files)
         if not offered:
-            raise NoOnnxError(self.model_id)
+            raise NoOnnxError(self.model_id, layout_problem(self.files))
         if quantization not in offered:
             raise QuantNotOfferedError(self.model_id, quantization, offered)
         return [self.files[f] for f in select_files(self.files, quantization)]
@@ -255,7 +279,7 @@ def model_files(model_id: str, revision: str = "main", installed: Collection[str
     listing = fetch_listing(model_id, revision)
     options = listing.options(installed)
     if not options:
-        raise NoOnnxError(model_id)
+        raise NoOnnxError(model_id, layout_problem(listing.files))
     return ModelFilesResult(model_id=model_id, commit=listing.commit, options=options, gated=listing.gated,
                             kind=listing.kind)
 

@@ -68,3 +68,26 @@ def test_q4f16_is_the_q4_only_where_there_is_no_model_q4() -> None:
     assert select_files(["onnx/model_q4f16.onnx", "config.json"], "q4") == ["onnx/model_q4f16.onnx", "config.json"]
     assert offered_quantizations(["onnx/model_q4f16.onnx", "onnx/model_fp16.onnx"]) == ["q4", "fp16"]
     assert select_files(["onnx/model_q4f16.onnx", "onnx/model_q4.onnx"], "q4") == ["onnx/model_q4.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("names", "said"),
+    [
+        (["genai_config.json", "model.onnx", "model.onnx.data"], "onnxruntime-genai layout"),
+        (["onnx/decoder_model_merged.onnx", "onnx/decoder_model_merged_quantized.onnx"], "merged decoder (onnx/decoder_model_merged.onnx"),
+        (["onnx/model_bnb4.onnx", "config.json"], "bitsandbytes 4-bit"),
+        (["onnx/encoder_model.onnx"], "are not decoder files"),
+        (["model-Q4_K_M.gguf"], "hflocal import FILE.gguf"),
+        (["model.safetensors", "config.json"], "only a safetensors checkpoint"),
+        (["README.md"], ""),
+    ],
+)
+def test_a_repo_without_runnable_files_is_told_what_it_has(names: list[str], said: str) -> None:
+    from agent.errors import NoOnnxError
+    from agent.hub import layout_problem
+
+    assert offered_quantizations(names) == []
+    found = layout_problem(names)
+    assert (said in found) if said else found == ""
+    message = str(NoOnnxError("org/name", found))
+    assert message.startswith("org/name has no ONNX weights hflocal runs (") and said in message
