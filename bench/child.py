@@ -93,7 +93,8 @@ class LlamaEngine:
         if os.environ.get("BENCH_LLAMA_EXTRA_BUFTS") != "1":
             _without_extra_buffer_types()
         started = time.perf_counter()
-        self.llm = Llama(model_path=target, n_ctx=2048, n_batch=512, n_threads=threads,
+        n_ctx = int(os.environ.get("BENCH_LLAMA_CTX", "2048"))  # bench/hub_path.py asks 8192 for its 7.5k prompt
+        self.llm = Llama(model_path=target, n_ctx=n_ctx, n_batch=512, n_threads=threads,
                          n_threads_batch=threads, logits_all=logits_all, verbose=False)
         self.load_s = time.perf_counter() - started
 
