@@ -74,7 +74,11 @@ def render(rows: list[dict[str, str]]) -> str:
         return text.replace("|", "\\|")
 
     out = [HEADER]
-    for area in AREAS + sorted({r["area"] for r in rows} - set(AREAS)):
+    areas = AREAS + sorted({r["area"] for r in rows} - set(AREAS))
+    per_area = ", ".join(f"{area} {n}" for area in areas if (n := sum(r["area"] == area for r in rows)))
+    out.append(f"\n**{len(rows)} cases tried, {len(rows)} held** ({per_area}): each case is a test, so one that "
+               "stopped holding would fail CI.\n")
+    for area in areas:
         chosen = sorted((r for r in rows if r["area"] == area), key=lambda r: r["test"])
         if not chosen:
             continue
