@@ -38,6 +38,7 @@ from agent.convert.llama_shape import LlamaShape, RopeScaling
 from agent.convert.onnx_weights import UnreadableGraph, read_export_weights
 from agent.convert.weight_forms import QUANT_FILES, Quant
 from agent.engine.contract import KV_BUFFER_METADATA
+from agent.engine.model_files import text_config
 from agent.engine.model_files import MAX_CONTEXT
 
 log = logging.getLogger(__name__)
@@ -64,14 +65,9 @@ class FastGraph:
     reason: str = ""
 
 
-def _text_config(config: dict[str, Any]) -> dict[str, Any]:
-    nested = config.get("text_config")
-    return {**config, **nested} if isinstance(nested, dict) else config
-
-
 def shape_from_config(config: dict[str, Any]) -> LlamaShape:
     """The fused graph's shape for a ``config.json`` of a supported family; ``NotOnFastPath`` if not."""
-    c = _text_config(config)
+    c = text_config(config)
     family = c.get("model_type")
     if family not in FAMILIES:
         raise NotOnFastPath(f"model_type {family!r} is not on the fast path (supported: {', '.join(FAMILIES)})")

@@ -118,7 +118,7 @@ class ModelConfig:
     generation: GenerationDefaults = field(default_factory=GenerationDefaults)
 
 
-def _text_config(config: dict[str, Any]) -> dict[str, Any]:
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
     """Multimodal configs (Gemma 3, Llava...) nest the decoder's settings under ``text_config``."""
     nested = config.get("text_config")
     if isinstance(nested, dict):
@@ -154,7 +154,7 @@ def usable_context(stated: int, kv_bytes_per_token: int, memory_bytes: int) -> t
 
 
 def read_model_config(folder: Path, tokenizer_config: dict[str, Any]) -> ModelConfig:
-    config = _text_config(read_json(folder / "config.json", required=True))
+    config = text_config(read_json(folder / "config.json", required=True))
     _check_plausible(config)
     gen = read_json(folder / "generation_config.json", required=False)
 
