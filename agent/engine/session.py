@@ -7,7 +7,8 @@ last one; ``reset()`` forgets the sequence. The cached runner keeps the
 an I/O binding, so the cache is never copied through numpy and stays on the accelerator when there
 is one (on the CPU, ``run_with_ort_values`` does the same with less overhead). A later runner may
 preallocate fixed KV buffers (fused GroupQueryAttention graphs) behind
-the same methods. ``begin(prompt)`` keeps the cache of a shared prefix between generations.
+the same methods. ``begin(prompt)`` keeps the cache of a shared prefix between generations; that
+bookkeeping and the prefill chunk size are in ``agent.engine.runner_base``.
 """
 
 from __future__ import annotations
@@ -21,19 +22,11 @@ import onnxruntime as ort
 from onnxruntime.capi import _pybind_state as ort_c
 
 from agent.engine.contract import KV_BUFFER_METADATA, KV_BUFFER_SHARED, LOGITS_TO_KEEP_NAMES, GraphContract
+from agent.engine.runner_base import CacheRunner, keep_one, last_logits
 from agent.engine.types import ModelLoadError
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-
-PREFILL_CHUNK = 256
-"""Most prompt tokens fed in one run: attention materialises (heads, chunk, total) scores and the
-MLP (chunk, intermediate) activations, which the arena keeps. On SmolLM2-135M a 979-token prompt
-peaks 32 MB lower with 256 than with 512 at the same time to first token (128: 10 MB less again,
-but 8 % slower)."""
-PREFILL_LOGITS_BUDGET = 16 * 1024 * 1024
-"""Most logits (elements) one prefill chunk may produce: graphs without ``logits_to_keep`` return
-logits for every position, so long prompts are fed in chunks of ``budget // vocab`` tokens."""
 
 
 def open_session(path: Path, providers: list[str], threads: int) -> ort.InferenceSession:
@@ -67,7 +60,7 @@ def open_session(path: Path, providers: list[str], threads: int) -> ort.Inferenc
         session = ort.InferenceSession(
             str(path), sess_options=options, providers=providers, provider_options=provider_options
         )
-        session._hflocal_keep = keep  # type: ignore[attr-defined]  # must outlive the session
+        session._hflocal_keep = keep  # must outlive the session
         return session
     except Exception as exc:  # onnxruntime raises its own pybind classes, not one base
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -91,72 +84,7 @@ class DecoderRunner(Protocol):
         """Append ``ids`` to the sequence; return the float32 logits (vocab,) after the last one."""
 
 
-def prefill_chunk(contract: GraphContract, vocab: int) -> int:
-    """Most prompt tokens per run: at most ``PREFILL_CHUNK`` (bounds attention scratch memory) and,
-    unless the graph returns the last position only, logits within ``PREFILL_LOGITS_BUDGET``."""
-    chunk = PREFILL_CHUNK
-    if contract.logits_to_keep is None:
-        chunk = min(chunk, PREFILL_LOGITS_BUDGET // max(vocab, 1))
-    return max(16, chunk)
-
-
-def _keep_one(contract: GraphContract) -> np.ndarray:
-    shape = contract.logits_to_keep[1] if contract.logits_to_keep else ()
-    return np.ones(shape, dtype=np.int64)
-
-
-def _last_logits(logits: np.ndarray) -> np.ndarray:
-    if logits.ndim != 3:
-        raise RuntimeError(f"logits have shape {logits.shape}, expected (batch, sequence, vocab)")
-    return np.ascontiguousarray(logits[0, -1], dtype=np.float32)
-
-
-class _CacheRunner:
-    """What both cached runners share: the small per-step inputs, the token ids in the cache, the
-    prefill chunk size, and a failed step forgets the cache."""
-
-    def __init__(self, session: ort.InferenceSession, contract: GraphContract, context_length: int) -> None:
-        assert contract.attention_mask_dtype is not None
-        self._session = session
-        self._contract = contract
-        self._binding = session.io_binding()
-        self._mask = np.ones((1, context_length), dtype=contract.attention_mask_dtype)
-        pos_dtype = contract.position_ids_dtype or np.int64
-        self._positions = np.arange(context_length, dtype=pos_dtype).reshape(1, context_length)
-        self._keep = _keep_one(contract)
-        self._tokens: list[int] = []
-        """The token ids whose keys and values are in the cache."""
-        self.past_length = 0
-        self.max_chunk = context_length
-
-    def set_vocab(self, vocab: int) -> None:
-        self.max_chunk = prefill_chunk(self._contract, vocab)
-
-    def reset(self) -> None:
-        raise NotImplementedError
-
-    def _forward(self, ids: Sequence[int]) -> np.ndarray:
-        raise NotImplementedError
-
-    def _shared_prefix(self, prompt: Sequence[int]) -> int:
-        """How many first tokens of ``prompt`` the cache holds (at most ``len(prompt) - 1``: the last
-        prompt token must be run for its logits)."""
-        cached = self._tokens
-        limit = min(len(cached), len(prompt) - 1)
-        common = 0
-        while common < limit and cached[common] == prompt[common]:
-            common += 1
-        return common
-
-    def forward(self, ids: Sequence[int]) -> np.ndarray:
-        try:
-            return self._forward(ids)
-        except BaseException:
-            self.reset()  # the cache no longer matches any known token sequence
-            raise
-
-
-class CachedRunner(_CacheRunner):
+class CachedRunner(CacheRunner):
     """Runner for graphs with ``past_key_values`` inputs; the cache stays in ``OrtValue``s."""
 
     def __init__(
@@ -244,7 +172,7 @@ class CachedRunner(_CacheRunner):
         self._arrays = []
         self._tokens.extend(int(i) for i in ids)
         self.past_length = total
-        return _last_logits(logits)
+        return last_logits(logits)
 
     def _run_on_cpu(self, small: dict[str, np.ndarray]) -> tuple[np.ndarray, list[Any]]:
         """``run_with_ort_values`` on the C session: the cache goes back in as the OrtValues that
@@ -255,7 +183,7 @@ class CachedRunner(_CacheRunner):
             past = self._past
         else:
             past = [self._value(self._empty[spec.input_name]) for spec in self._contract.kv]
-        for spec, value in zip(self._contract.kv, past):
+        for spec, value in zip(self._contract.kv, past, strict=True):
             feeds[spec.input_name] = value
         outputs = self._raw.run_with_ort_values(feeds, self._output_names, None)
         return outputs[0].numpy(), [outputs[i] for i in range(1, len(outputs))]
@@ -269,7 +197,7 @@ class CachedRunner(_CacheRunner):
         for name, value in small.items():
             binding.bind_cpu_input(name, value)
         if self._past:
-            for spec, value in zip(self._contract.kv, self._past):
+            for spec, value in zip(self._contract.kv, self._past, strict=True):
                 binding.bind_ortvalue_input(spec.input_name, value)
         else:
             for spec in self._contract.kv:
@@ -286,7 +214,7 @@ KV_BUFFER_STEP = 256
 """The preallocated cache grows in whole multiples of this many positions (at least doubling)."""
 
 
-class KVBufferRunner(_CacheRunner):
+class KVBufferRunner(CacheRunner):
     """Runner for graphs that update their cache in place (:data:`KV_BUFFER_METADATA`).
 
     Each layer's key and value live in one preallocated ``[1, heads, capacity, head_dim]`` buffer,
@@ -301,9 +229,9 @@ class KVBufferRunner(_CacheRunner):
         self._context = context_length
         # An initializer-backed logits_to_keep already holds 1 (see open_session) and cannot be
         # bound; only a required input of that name is fed.
-        self._feed_keep = contract.logits_to_keep is not None and contract.logits_to_keep[0] in {
-            i.name for i in session.get_inputs()
-        }
+        keep_name = contract.logits_to_keep[0] if contract.logits_to_keep is not None else None
+        self._keep_input = keep_name if keep_name in {i.name for i in session.get_inputs()} else None
+        """The ``logits_to_keep`` input to feed on every step, or ``None``."""
         self._buffers: list[np.ndarray] = []
         width = next((o.shape[-1] for o in session.get_outputs() if o.name == contract.logits_name), None)
         self._logits = np.zeros((1, 1, width), np.float32) if isinstance(width, int) and width > 0 else None
@@ -363,14 +291,14 @@ class KVBufferRunner(_CacheRunner):
         binding.bind_cpu_input("attention_mask", self._mask[:, :total])
         if contract.position_ids_dtype is not None:
             binding.bind_cpu_input("position_ids", self._positions[:, past:total])
-        if self._feed_keep:
-            binding.bind_cpu_input(contract.logits_to_keep[0], self._keep)
+        if self._keep_input is not None:
+            binding.bind_cpu_input(self._keep_input, self._keep)
         self._session.run_with_iobinding(binding)
         self._tokens.extend(int(i) for i in ids)
         self.past_length = total
         if self._logits is not None:
             return self._logits[0, -1].copy()  # the buffer is overwritten by the next step
-        return _last_logits(binding.get_outputs()[-1].numpy())
+        return last_logits(binding.get_outputs()[-1].numpy())
 
 
 class UncachedRunner:
@@ -404,9 +332,9 @@ class UncachedRunner:
         if contract.position_ids_dtype is not None:
             feeds["position_ids"] = np.arange(n, dtype=contract.position_ids_dtype).reshape(1, n)
         if contract.logits_to_keep is not None:
-            feeds[contract.logits_to_keep[0]] = _keep_one(contract)
+            feeds[contract.logits_to_keep[0]] = keep_one(contract)
         (logits,) = self._session.run([contract.logits_name], feeds)
-        return _last_logits(logits)
+        return last_logits(logits)
 
 
 Runner: TypeAlias = CachedRunner | KVBufferRunner | UncachedRunner
@@ -420,7 +348,8 @@ def shares_kv_buffer(session: ort.InferenceSession) -> bool:
 
 def make_runner(session: ort.InferenceSession, contract: GraphContract, context_length: int, vocab: int) -> Runner:
     runner: Runner
-    if contract.has_cache and contract.attention_mask_dtype is not None and contract.logits_to_keep and shares_kv_buffer(session):
+    if (contract.has_cache and contract.attention_mask_dtype is not None and contract.logits_to_keep
+            and shares_kv_buffer(session)):
         runner = KVBufferRunner(session, contract, context_length)
     elif contract.has_cache:
         runner = CachedRunner(session, contract, context_length)

@@ -134,7 +134,7 @@ def test_logits_to_keep_input_is_fed_one(tiny: TinyModel, repo: Path) -> None:
     with_logits_to_keep(tiny.path / "onnx" / "model.onnx", repo / "onnx" / "model.onnx")
     model = load_model(repo, quantization="fp32", device="cpu")
     assert model.contract.logits_to_keep == ("logits_to_keep", ())
-    from agent.engine.session import PREFILL_CHUNK
+    from agent.engine.runner_base import PREFILL_CHUNK
 
     assert model._runner is not None and model._runner.max_chunk == PREFILL_CHUNK  # no logits budget
     reference = load_model(tiny.path, quantization="fp32", device="cpu")
