@@ -151,7 +151,7 @@ class Monitor:
         self._t1, self._c1, self._w1 = _cpu_seconds(), _children_cpu(), time.monotonic()
 
     def summary(self) -> dict[str, float]:
-        busy, steal, total = (a - b for a, b in zip(self._t1, self._t0))
+        busy, steal, total = (a - b for a, b in zip(self._t1, self._t0, strict=True))
         wall = self._w1 - self._w0
         child = self._c1 - self._c0
         return {
@@ -209,7 +209,7 @@ def measure_bandwidth(threads: int) -> dict[str, Any]:
     rates = []
     for _ in range(BW_REPS):
         t = time.perf_counter()
-        parts = list(zip(np.array_split(b, threads), np.array_split(src, threads)))
+        parts = list(zip(np.array_split(b, threads), np.array_split(src, threads), strict=True))
         workers = [threading.Thread(target=np.copyto, args=p) for p in parts]
         for w in workers:
             w.start()
@@ -471,7 +471,9 @@ def prompts(shape: LlamaShape, reps: int) -> list[list[int]]:
     return [[bos, *rng.integers(256, bos, PROMPT_LEN - 1).tolist()] for _ in range(reps + 1)]
 
 
-def timed_prompts(shape: LlamaShape, reps: int, budget: float, runs: list[dict[str, Any]]) -> Iterator[tuple[bool, list[int]]]:
+def timed_prompts(
+    shape: LlamaShape, reps: int, budget: float, runs: list[dict[str, Any]]
+) -> Iterator[tuple[bool, list[int]]]:
     """The prompts to decode, each with whether it is the warm-up (the first, not recorded); stops
     once ``MIN_REPS`` runs are recorded and the decode phase has used ``budget`` seconds."""
     decode_started = time.monotonic()
@@ -678,7 +680,7 @@ def main() -> None:
     MODELS.mkdir(parents=True, exist_ok=True)
     wall = time.perf_counter()
     out: dict[str, Any] = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(), "versions": versions(), "threads": args.threads,
         "shape": {"name": args.shape, **{k: v for k, v in vars(shape).items() if k != "rope_scaling"},
                   "params": shape.param_count()},

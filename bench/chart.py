@@ -19,11 +19,14 @@ def table(report: dict[str, Any]) -> str:
     lines = [
         f"SmolLM2-135M-Instruct, {report['threads']} threads, {report['machine']['cpu']} "
         f"({report['date']}; load average during the run "
-        f"{min(l[0] for l in report['load_during_run']):.1f}–{max(l[0] for l in report['load_during_run']):.1f}); "
+        f"{min(load[0] for load in report['load_during_run']):.1f}–"
+        f"{max(load[0] for load in report['load_during_run']):.1f}); "
         f"prompts {report['prompt_tokens']['short']} / {report['prompt_tokens']['long']} tokens; "
-        f"top-1 agreement and mean KL divergence from fp32 over {report['agreement_positions']} teacher-forced positions",
+        f"top-1 agreement and mean KL divergence from fp32 over {report['agreement_positions']} "
+        "teacher-forced positions",
         "",
-        "| engine | decode tok/s | × llama.cpp | TTFT 40 (ms) | TTFT 1k (ms) | peak RSS (MB) | load (s) | top-1 vs fp32 | KL vs fp32 |",
+        "| engine | decode tok/s | × llama.cpp | TTFT 40 (ms) | TTFT 1k (ms) | peak RSS (MB) | load (s) "
+        "| top-1 vs fp32 | KL vs fp32 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in report["results"].items():
@@ -63,7 +66,7 @@ def draw(report: dict[str, Any], path: Path) -> None:
         ("top-1 agreement with fp32 (%)", "top1_agreement"),
     ]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2))
-    for ax, (title, key) in zip(axes, panels):
+    for ax, (title, key) in zip(axes, panels, strict=True):
         values = [(rows[label].get(key) or 0) * (100 if key == "top1_agreement" else 1) for label in labels]
         bars = ax.barh(labels, values, color=colors)
         ax.bar_label(bars, fmt="%.0f" if key != "top1_agreement" else "%.1f", fontsize=8)

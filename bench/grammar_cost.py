@@ -189,7 +189,7 @@ def mask_cost(tokenizer: ModelTokenizer, min_steps: int = 200) -> dict[str, Any]
             llnp.fill_next_token_bitmask(constraint._matcher, constraint._bitmask, 0)
             fill_us.append((time.perf_counter() - t0) * 1e6)
             constraint.accept(token)
-    total = [m + a for m, a in zip(mask_us, accept_us)]
+    total = [m + a for m, a in zip(mask_us, accept_us, strict=True)]
     return {
         "vocab_size": tokenizer.vocab_size,
         "document_tokens": len(tokens) + 1,
@@ -228,7 +228,8 @@ def decode_slowdown(repo: Path, threads: int, reps: int, max_tokens: int) -> dic
     for _ in range(reps):  # interleaved so drift hits both alike
         runs["unconstrained"].append(once(None))
         runs["json_schema"].append(once(grammar))
-    out: dict[str, Any] = {"quantization": "q8", "threads": threads, "max_tokens": max_tokens, "prompt_tokens": len(prompt)}
+    out: dict[str, Any] = {"quantization": "q8", "threads": threads, "max_tokens": max_tokens,
+                           "prompt_tokens": len(prompt)}
     for name, rows in runs.items():
         out[name] = {
             "tokens_per_s": [round(r[0], 2) for r in rows],
@@ -255,7 +256,8 @@ def write_markdown(result: dict[str, Any], path: Path) -> None:
         "",
         "## Mask + accept per step (JSON schema, walking a valid document)",
         "",
-        "| tokenizer | vocab | steps | step median µs | step p90 µs | mask median µs | of which bitmask fill µs | accept median µs |",
+        "| tokenizer | vocab | steps | step median µs | step p90 µs | mask median µs | of which bitmask fill µs "
+        "| accept median µs |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in result["mask_cost"].items():

@@ -47,7 +47,9 @@ def hub_repo(gguf: Path, models: Path) -> Path:
     return out
 
 
-def measure(label: str, kind: str, target: str, data: dict[str, Any], threads: int, env: dict[str, str]) -> dict[str, Any]:
+def measure(
+    label: str, kind: str, target: str, data: dict[str, Any], threads: int, env: dict[str, str]
+) -> dict[str, Any]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -88,7 +90,8 @@ def main() -> None:
     model = load_model(imported, quantization="q4", device="cpu", threads=1)
     data["long8k"] = model.encode_chat(messages(LONG8K_USER))
     model.close()
-    print(f"prompts: short {len(data['short'])}, long {len(data['long'])}, long8k {len(data['long8k'])} tokens", flush=True)
+    sizes = f"short {len(data['short'])}, long {len(data['long'])}, long8k {len(data['long8k'])}"
+    print(f"prompts: {sizes} tokens", flush=True)
 
     engines = [
         ("hub original", "onnx", f"{hub}:q4", {"HFLOCAL_FAST_PATH": "0"}),
@@ -104,7 +107,7 @@ def main() -> None:
             samples[label].append(measure(label, kind, target, data, args.threads, env))
     results = {label: {m: median([s.get(m) for s in runs]) for m in METRICS} for label, runs in samples.items()}
     llama = results["llama.cpp"]
-    for label, r in results.items():
+    for r in results.values():
         r["decode_vs_llama_cpp"] = r["decode_tok_s"] / llama["decode_tok_s"] if r["decode_tok_s"] else None
     report = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -126,7 +129,8 @@ def main() -> None:
 def table(report: dict[str, Any]) -> str:
     t = report["prompt_tokens"]
     rows = [
-        f"| engine | decode tok/s | vs llama.cpp | first token, {t['short']} tok | {t['long']} tok | {t['long8k']} tok | peak RSS MB |",
+        f"| engine | decode tok/s | vs llama.cpp | first token, {t['short']} tok | {t['long']} tok "
+        f"| {t['long8k']} tok | peak RSS MB |",
         "|---|---|---|---|---|---|---|",
     ]
     for label, r in report["results"].items():

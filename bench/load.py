@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-
 RESULTS = Path(__file__).resolve().parent / "results" / "load.json"
 
 
@@ -150,7 +149,9 @@ class _Http:
                     self._drop(writer)
 
     @staticmethod
-    async def _body(reader: asyncio.StreamReader, headers: dict[str, str], state: dict[str, bool]) -> AsyncIterator[bytes]:
+    async def _body(
+        reader: asyncio.StreamReader, headers: dict[str, str], state: dict[str, bool]
+    ) -> AsyncIterator[bytes]:
         if headers.get("transfer-encoding", "").lower() == "chunked":
             while True:
                 size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
@@ -177,7 +178,8 @@ def _refusal(status: int, headers: dict[str, str]) -> bool:
 
 
 async def _streamer(http: _Http, deadline: float, result: LoadResult, max_tokens: int) -> None:
-    body = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": max_tokens, "stream": True}).encode()
+    request = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": max_tokens, "stream": True}
+    body = json.dumps(request).encode()
     while time.monotonic() < deadline:
         start = time.monotonic()
         try:
@@ -279,7 +281,8 @@ def _own_agent(tmp: Path) -> tuple[Any, Any, str]:
     repos = HubRepos(tmp / "hub")
     publish(repos, TINY, repo_files(model.path))
     hub = HubServer(repos.root).start()
-    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp / "hf"), "HF_HUB_DISABLE_XET": "1", "NO_PROXY": "127.0.0.1,localhost"}
+    env = {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp / "hf"), "HF_HUB_DISABLE_XET": "1",
+           "NO_PROXY": "127.0.0.1,localhost"}
     os.environ.update(env)
     agent = start_agent(tmp / "home", env=env)
     for args in (("pull", TINY, "--quant", "q4"), ("use", TINY)):
@@ -323,7 +326,8 @@ def main() -> int:
             if hub is not None:
                 hub.stop()
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"url": args.url or "own agent (tiny model, loopback)", "rounds": rounds}, indent=2) + "\n")
+    report = {"url": args.url or "own agent (tiny model, loopback)", "rounds": rounds}
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     ok = all(not r["failed"] for r in rounds)
     print(f"{'ok' if ok else 'FAILED'}: wrote {RESULTS}")
     return 0 if ok else 1

@@ -52,7 +52,8 @@ DEFAULT_SPEED_VARIANTS = ["q4-unfused", "q4-fused-f16head", "q4-fused-exact", "q
 
 
 def ensure_bench_dependencies() -> None:
-    missing = [r for r, mod in zip(BENCH_REQUIREMENTS, ("llama_cpp", "matplotlib")) if importlib.util.find_spec(mod) is None]
+    modules = ("llama_cpp", "matplotlib")
+    missing = [r for r, mod in zip(BENCH_REQUIREMENTS, modules, strict=True) if importlib.util.find_spec(mod) is None]
     if missing:
         print(f"installing {', '.join(missing)} (llama-cpp-python builds from source: minutes)", flush=True)
         subprocess.run([sys.executable, "-m", "pip", "install", *missing], check=True)
@@ -114,7 +115,8 @@ def prompts(folder: Path) -> dict[str, Any]:
         "long": model.encode_chat(messages(LONG_USER)),
         "short_user": SHORT_USER,
         "long_user": LONG_USER,
-        "agreement": [model.encode_text(text)[:limit] for text, limit in zip(AGREEMENT_TEXTS, AGREEMENT_LIMITS)],
+        "agreement": [model.encode_text(text)[:limit]
+                      for text, limit in zip(AGREEMENT_TEXTS, AGREEMENT_LIMITS, strict=True)],
     }
     model.close()
     return data
@@ -131,7 +133,7 @@ def compare(reference: list[np.ndarray], candidate: list[np.ndarray]) -> tuple[f
     every teacher-forced position of every text."""
     same = total = 0
     divergences = []
-    for ref, got in zip(reference, candidate):
+    for ref, got in zip(reference, candidate, strict=True):
         got = got[:, : ref.shape[-1]]  # a padded vocabulary's extra logits are never sampled
         same += int((ref.argmax(-1) == got.argmax(-1)).sum())
         total += ref.shape[0]
@@ -184,7 +186,8 @@ def main() -> None:
     reference = logits_of("onnx", onnx_file("fp32"))
     agreement: dict[str, float] = {}
     divergence: dict[str, float] = {}
-    for label, kind, target in [*((n, "onnx", onnx_file(n)) for n in speed_variants), ("llama.cpp", "llama", str(gguf))]:
+    engines = [*((n, "onnx", onnx_file(n)) for n in speed_variants), ("llama.cpp", "llama", str(gguf))]
+    for label, kind, target in engines:
         agreement[label], divergence[label] = compare(reference, logits_of(kind, target))
     shutil.rmtree(scratch, ignore_errors=True)
     for table_ in (agreement, divergence):
@@ -256,7 +259,8 @@ def main() -> None:
     print(table(report))
     if not args.skip_bandwidth:
         print("\nbench/bandwidth.py: a ~1B model against this machine's memory bandwidth", flush=True)
-        subprocess.run([sys.executable, str(ROOT / "bench" / "bandwidth.py"), "--threads", str(args.threads)], check=True)
+        bandwidth = ROOT / "bench" / "bandwidth.py"
+        subprocess.run([sys.executable, str(bandwidth), "--threads", str(args.threads)], check=True)
 
 
 if __name__ == "__main__":

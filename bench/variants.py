@@ -28,10 +28,15 @@ VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("fp32", "fp32", False, what="reference: GGUF dequantized to float32 (unfused graph)"),
-        Variant("q4-unfused", "q4", False, 16, "float", what="first default: unfused attention, fp16 lm_head, float activations"),
-        Variant("q4-fused-f16head", "q4", True, 16, "float", what="GroupQueryAttention + skip-norms, fp16 lm_head, float activations"),
-        Variant("q4-fused-exact", "q4", True, 8, "float", what="previous default: fused, GGUF Q8_0 head with exact top-16 rescoring, float activations in the layers"),
-        Variant("q4-fused", "q4", True, 8, what="default: as q4-fused-exact, int8 activations but for q/k/v, preallocated KV cache"),
+        Variant("q4-unfused", "q4", False, 16, "float",
+                what="first default: unfused attention, fp16 lm_head, float activations"),
+        Variant("q4-fused-f16head", "q4", True, 16, "float",
+                what="GroupQueryAttention + skip-norms, fp16 lm_head, float activations"),
+        Variant("q4-fused-exact", "q4", True, 8, "float",
+                what="previous default: fused, GGUF Q8_0 head with exact top-16 rescoring, "
+                     "float activations in the layers"),
+        Variant("q4-fused", "q4", True, 8,
+                what="default: as q4-fused-exact, int8 activations but for q/k/v, preallocated KV cache"),
         Variant("q4-fused-int8", "q4", True, 8, 4, what="fused, int8 activations in every MatMulNBits"),
     )
 }

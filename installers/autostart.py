@@ -77,7 +77,8 @@ def desktop_entry(argv: Sequence[str], icon: str | None = None) -> str:
 
 def hidden_desktop_entry() -> str:
     """Masks a system-wide entry of the same name (``Hidden=true``)."""
-    return "\n".join(["[Desktop Entry]", "Type=Application", "Version=1.0", "Name=hflocal", "Hidden=true", f"{MARKER}=true", ""])
+    lines = ["[Desktop Entry]", "Type=Application", "Version=1.0", "Name=hflocal", "Hidden=true", f"{MARKER}=true", ""]
+    return "\n".join(lines)
 
 
 def systemd_unit(argv: Sequence[str]) -> str:
@@ -139,7 +140,8 @@ class Locations:
         user_home = Path(env.get("HOME") or Path.home())
         config_home = Path(env["XDG_CONFIG_HOME"]) if env.get("XDG_CONFIG_HOME") else user_home / ".config"
         dirs = env.get("XDG_CONFIG_DIRS") or "/etc/xdg"
-        return cls(config_home=config_home, config_dirs=tuple(Path(d) for d in dirs.split(":") if d), user_home=user_home)
+        config_dirs = tuple(Path(d) for d in dirs.split(":") if d)
+        return cls(config_home=config_home, config_dirs=config_dirs, user_home=user_home)
 
     @property
     def desktop_file(self) -> Path:

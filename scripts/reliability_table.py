@@ -54,9 +54,11 @@ class _Collector:
 
 def marked_files() -> list[str]:
     """Test files that mention the marker (collecting only those keeps this fast)."""
+    def marked(text: str) -> bool:
+        return "reliability" in text and "case(" in text or "mark.reliability" in text
+
     return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
-                  if "reliability" in p.read_text("utf-8", errors="replace") and "case(" in p.read_text("utf-8", errors="replace")
-                  or "mark.reliability" in p.read_text("utf-8", errors="replace"))
+                  if marked(p.read_text("utf-8", errors="replace")))
 
 
 def collect(paths: list[str]) -> list[dict[str, str]]:
@@ -82,11 +84,12 @@ def render(rows: list[dict[str, str]]) -> str:
         chosen = sorted((r for r in rows if r["area"] == area), key=lambda r: r["test"])
         if not chosen:
             continue
-        out.append(f"\n## {area[0].upper() + area[1:]}\n\n| case | what was done | what the agent did | lost | test |\n|---|---|---|---|---|")
+        out.append(f"\n## {area[0].upper() + area[1:]}\n\n"
+                   "| case | what was done | what the agent did | lost | test |\n|---|---|---|---|---|")
         for r in chosen:
             file, _, name = r["test"].partition("::")
-            out.append(f"| {cell(r['case'])} | {cell(r['did'])} | {cell(r['outcome'])} | {cell(r.get('lost', 'nothing'))} "
-                       f"| `{Path(file).name}::{name}` |")
+            out.append(f"| {cell(r['case'])} | {cell(r['did'])} | {cell(r['outcome'])} "
+                       f"| {cell(r.get('lost', 'nothing'))} | `{Path(file).name}::{name}` |")
     return "\n".join(out) + "\n"
 
 

@@ -53,7 +53,7 @@ def artifacts_dir() -> Path:
 
 
 @pytest.fixture
-def agents() -> Iterator[list["AgentProcess"]]:
+def agents() -> Iterator[list[AgentProcess]]:
     """Collects agents started by a test (``agents.append(start_agent(...))``) and stops them all."""
     started: list[AgentProcess] = []
     yield started

@@ -8,10 +8,11 @@ tools are given and ``default`` otherwise). With none, a ChatML template is used
 ``TemplateError``.
 
 The Jinja environment matches Hugging Face's: sandboxed (bounded in steps, time and size, see
-``agent.engine.template_sandbox``: a spent budget is a ``TemplateError`` naming the template), ``trim_blocks``, ``lstrip_blocks``, the
-loopcontrols extension and the ``{% generation %}`` tag, ``raise_exception``, ``strftime_now``, and a
-``tojson`` filter with HF's arguments (``ensure_ascii=False`` by default). Templates get ``messages``,
-``tools``, ``documents``, ``add_generation_prompt`` and the special-token strings (``bos_token``...).
+``agent.engine.template_sandbox``: a spent budget is a ``TemplateError`` naming the template),
+``trim_blocks``, ``lstrip_blocks``, the loopcontrols extension and the ``{% generation %}`` tag,
+``raise_exception``, ``strftime_now``, and a ``tojson`` filter with HF's arguments (``ensure_ascii=False``
+by default). Templates get ``messages``, ``tools``, ``documents``, ``add_generation_prompt`` and the
+special-token strings (``bos_token``...).
 
 Messages are adapted to the template: content given as OpenAI parts (``[{type: text, text}]``) is
 joined with newlines for templates that expect a string, and a string is wrapped as one text part
@@ -86,7 +87,9 @@ _ERROR_CHARS = 300
 
 def _short(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    return text if len(text) <= _ERROR_CHARS else f"{text[:_ERROR_CHARS]}... [{len(text) - _ERROR_CHARS} more characters]"
+    if len(text) <= _ERROR_CHARS:
+        return text
+    return f"{text[:_ERROR_CHARS]}... [{len(text) - _ERROR_CHARS} more characters]"
 
 
 def make_environment() -> BoundedSandbox:
@@ -155,7 +158,8 @@ class ChatTemplate:
         for name, source in self.sources.items():
             self._wants_parts[name] = False
             if len(source) > MAX_TEMPLATE_CHARS:  # real ones are a few KiB; compiling 100 MB takes minutes
-                self._errors[name] = f"chat template {name!r} is {len(source)} characters long (at most {MAX_TEMPLATE_CHARS})"
+                self._errors[name] = (f"chat template {name!r} is {len(source)} characters long "
+                                      f"(at most {MAX_TEMPLATE_CHARS})")
                 continue
             try:
                 self._compiled[name] = self._env.from_string(source)

@@ -105,7 +105,7 @@ def _graph_inputs(session: ort.InferenceSession, config: dict[str, Any], graph: 
             if kind not in _INT_TYPES:
                 raise ModelLoadError(f"{graph.name}: input {name} is {kind}, not an integer tensor")
             found.append(_Input(name, name, _INT_TYPES[kind]))
-        elif name.startswith("past_key_values.") or name.startswith("past_"):
+        elif name.startswith(("past_key_values.", "past_")):
             if kind not in _FLOAT_TYPES:
                 raise ModelLoadError(f"{graph.name}: cache input {name} is {kind}")
             found.append(_Input(name, "past", _FLOAT_TYPES[kind], _past_shape(name, node.shape, config)))

@@ -117,7 +117,8 @@ def _max_length(config: dict[str, Any], tokenizer_config: dict[str, Any], st_con
     positions = _positive_int(config.get("max_position_embeddings"))
     if positions is not None and str(config.get("model_type", "")).lower() in _ROBERTA_STYLE:
         positions -= 2
-    stated = _positive_int(st_config.get("max_seq_length")) or _positive_int(tokenizer_config.get("model_max_length"), 1_000_000)
+    stated = (_positive_int(st_config.get("max_seq_length"))
+              or _positive_int(tokenizer_config.get("model_max_length"), 1_000_000))
     length = stated or positions or DEFAULT_MAX_LENGTH
     length = min(length, positions) if positions else length
     return min(length, MAX_CONTEXT)  # a config.json of 3e8 positions is no encoder's

@@ -175,7 +175,9 @@ class OnnxChatModel:
         self._session = None
 
 
-def _build_template(folder: Path, tokenizer_config: dict[str, Any], tokenizer: ModelTokenizer) -> tuple[ChatTemplate, str]:
+def _build_template(
+    folder: Path, tokenizer_config: dict[str, Any], tokenizer: ModelTokenizer
+) -> tuple[ChatTemplate, str]:
     sources = read_template_sources(folder, tokenizer_config)
     kind = "model"
     if not sources and tokenizer.has_token("<|im_start|>"):
@@ -197,9 +199,9 @@ def load_model(
 
     ``threads`` = 0 keeps onnxruntime's default; ``context_length`` overrides config.json's
     ``max_position_embeddings`` (use it to cap memory); either is cut to what the machine can hold
-    (``model_files.usable_context``) before the runner allocates anything sized by it. Raises ``ModelLoadError`` naming the file or
-    graph input at fault. A device that cannot be used falls back to the CPU and says why in
-    ``info.fallback_reason``.
+    (``model_files.usable_context``) before the runner allocates anything sized by it. Raises
+    ``ModelLoadError`` naming the file or graph input at fault. A device that cannot be used falls
+    back to the CPU and says why in ``info.fallback_reason``.
     """
     started = time.perf_counter()
     folder = Path(path)

@@ -5,9 +5,9 @@ sandbox stops it from reaching Python internals but not from spending: nested ``
 for hours, ``'a' * 3000000000`` allocates 3 GB (at compile time even, when Jinja folds constants in
 a branch that never runs). This environment adds, per render:
 
-- a step budget: every loop iteration (recursive loops' included) and every call counts one step; past ``MAX_STEPS`` steps, or
-  past ``MAX_SECONDS`` of wall time (checked every few hundred steps), the render stops with
-  ``RenderBudgetExceeded``;
+- a step budget: every loop iteration (recursive loops' included) and every call counts one step;
+  past ``MAX_STEPS`` steps, or past ``MAX_SECONDS`` of wall time (checked every few hundred steps),
+  the render stops with ``RenderBudgetExceeded``;
 - a size bound: no string or list a template builds (``*``, ``+``, ``~``, ``%``, ``str.format``,
   ``replace``, ``join``, ``center``/``ljust``/``rjust``/``zfill``, the ``center``/``indent``/``format``
   filters) may exceed ``MAX_LENGTH`` items, and neither may the output. Operations whose result
@@ -143,7 +143,8 @@ def _precheck_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> N
         width = args[0] if args and isinstance(args[0], int) else 8
         _refuse_size(len(owner) + owner.count("\t") * max(width, 0), "str.expandtabs")
     elif name in ("format", "format_map"):
-        _check_format_string(owner, f"str.{name}", args[0] if name == "format_map" and args else (*args, *kwargs.values()))
+        given = args[0] if name == "format_map" and args else (*args, *kwargs.values())
+        _check_format_string(owner, f"str.{name}", given)
 
 
 class _Counted:

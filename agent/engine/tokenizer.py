@@ -17,7 +17,6 @@ What a caller may rely on:
 from __future__ import annotations
 
 import functools
-
 import json
 import re
 from pathlib import Path

@@ -29,7 +29,6 @@ from agent.engine.chat_template import ChatTemplate
 from agent.engine.tokenizer import ModelTokenizer
 from agent.engine.types import ToolFormat
 
-
 GENERIC = ToolFormat(name="generic", native=False, open="<tool_call>", close="</tool_call>")
 
 

@@ -150,7 +150,7 @@ def test_no_stops_pass_through_and_empty_stops_are_ignored() -> None:
 )
 def test_streamed_cut_equals_cut_of_whole_text(whole: str, stops: list[str], data: st.DataObject) -> None:
     cuts = sorted(data.draw(st.lists(st.integers(0, len(whole)), max_size=6)))
-    chunks = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)])]
+    chunks = [whole[a:b] for a, b in zip([0, *cuts], [*cuts, len(whole)], strict=True)]
     out, stopped, rest = feed(stops, chunks)
     # The stop completed first (smallest end, then smallest start), as if streamed char by char.
     found = [(i + len(s), i) for s, i in ((s, whole.find(s)) for s in stops) if i >= 0]

@@ -166,7 +166,7 @@ def write_encoder_onnx(shape: EncoderShape, weights: Mapping[str, np.ndarray], p
     for n in range(shape.num_layers):
         p = f"encoder.layer.{n}"
 
-        def heads(name: str, n: int = n, p: str = p) -> str:
+        def heads(name: str, n: int = n, p: str = p, x: str = x) -> str:
             y = _linear(g, x, w, f"{p}.attention.self.{name}")
             y = g.op("Reshape", [y, g.const([0, 0, nh, hd])], name=f"l{n}_{name}_split")
             return str(g.op("Transpose", [y], name=f"l{n}_{name}_t", perm=[0, 2, 1, 3]))

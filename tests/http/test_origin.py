@@ -10,7 +10,6 @@ import pytest
 from quart import Quart
 
 from agent.http.app import v1_origin_allowed
-from agent.settings import HttpSettings
 from tests.http.conftest import Models
 from tests.http.support import World
 

@@ -215,7 +215,7 @@ async def test_steps_come_in_order_in_batches_on_a_kept_thread(worlds: Worlds) -
         async with world.pool.generation(None) as lease:
             batches = lease.batches(ids, params)
             first = await anext(batches)
-            await until(lambda: len(world.loader.finished) == n)  # the thread has made every step
+            await until(lambda n=n: len(world.loader.finished) == n)  # the thread has made every step
             rest = [batch async for batch in batches]
         assert len(rest) <= 1 and [*first, *(rest[0] if rest else [])] == one_by_one
         assert {t for t in threading.enumerate() if t.name.startswith("generate")} <= runners
@@ -248,11 +248,11 @@ async def test_activate_during_traffic_loses_no_request(worlds: Worlds, models: 
     assert results[3:] == [(models.b.key, REPLY_B)] * 2
     assert activated.key == models.b.key and world.catalog.active == models.b.key
     assert world.pool.active == models.b.key
-    b_events = [(topic, getattr(e, "job_id", "")) for topic, e in zip(world.topics(), world.events)
+    b_events = [(topic, getattr(e, "job_id", "")) for topic, e in zip(world.topics(), world.events, strict=True)
                 if getattr(e, "key", None) == models.b.key]
     assert b_events[:2] == [("model.loading", "job-1"), ("model.ready", "job-1")]
     await until(lambda: world.pool.status().loaded == [models.b.key])
-    assert ("model.unloaded", models.a.key) in [(t, getattr(e, "key", "")) for t, e in zip(world.topics(), world.events)]
+    assert ("model.unloaded", models.a.key) in [(t, getattr(e, "key", "")) for t, e in zip(world.topics(), world.events, strict=True)]
 
 
 async def test_activate_failure_keeps_the_previous_model(worlds: Worlds, models: Models) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import resource
-import select
 import selectors
 import socket
 import stat
@@ -27,7 +26,6 @@ import pytest
 import zmq
 
 from agent.http.listener import LIMITS
-
 from tests.fakes.tiny_model import TinyModel, build_tiny_repo
 from tests.hubserver import HubRepos, HubServer
 from tests.reliability.support import MIB, assert_memory_returns, case, rss

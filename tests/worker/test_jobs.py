@@ -46,7 +46,7 @@ def test_cancel_by_job_id_and_by_key_keeps_the_bytes_for_a_resume(
             job = client.call(Download(model_id=BIG, quantization="q4"))
             assert job.existing is False
             mark = marks.pop(0)
-            wait_until(lambda: partial_bytes(home, BIG) >= mark, 60, f"{mark} bytes on disk")
+            wait_until(lambda mark=mark: partial_bytes(home, BIG) >= mark, 60, f"{mark} bytes on disk")
             request = CancelDownload(job_id=job.job_id) if how == "job_id" else CancelDownload(key=Q4)
             cancelled = client.call(request)
             assert (cancelled.job_id, cancelled.key) == (job.job_id, Q4)
