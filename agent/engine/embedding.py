@@ -228,12 +228,13 @@ class OnnxEmbeddingModel:
             raise EmbeddingRequestError("input is empty: send a string or a list of strings")
         if len(inputs) > MAX_INPUTS:
             raise EmbeddingRequestError(f"input has {len(inputs)} items; at most {MAX_INPUTS} may be embedded at once")
-        texts = all(isinstance(i, str) for i in inputs)
-        if texts:
-            empty = [n for n, text in enumerate(inputs) if not text]
+        texts = [i for i in inputs if isinstance(i, str)]
+        all_text = len(texts) == len(inputs)
+        if all_text:
+            empty = [n for n, text in enumerate(texts) if not text]
             if empty:
                 raise EmbeddingRequestError(f"input[{empty[0]}] is an empty string")
-            sequences = self.tokenize(inputs, truncate=truncate)  # type: ignore[arg-type]
+            sequences = self.tokenize(texts, truncate=truncate)
         else:
             sequences = [self._check_ids(n, ids, truncate) for n, ids in enumerate(inputs)]
         limit = self.info.context_length
@@ -242,7 +243,7 @@ class OnnxEmbeddingModel:
                 raise EmbeddingRequestError(f"input[{n}] has {len(ids)} tokens; this model embeds at most {limit} "
                                             "(send \"truncate\": true to embed its first tokens)",
                                             code="context_length_exceeded")
-        skip = self._prompt_tokens if texts else 0
+        skip = self._prompt_tokens if all_text else 0
         vectors = np.empty((len(sequences), self.dimensions), np.float32)
         for batch in _batches([len(s) for s in sequences]):
             if cancel is not None and cancel.is_set():
@@ -284,14 +285,15 @@ class OnnxEmbeddingModel:
             sizes = ", ".join(str(d) for d in allowed)
             raise EmbeddingRequestError(f"this model was trained for dimensions {sizes} (or {native})", "dimensions")
 
-    def _check_ids(self, n: int, ids: Sequence[int], truncate: bool) -> list[int]:
+    def _check_ids(self, n: int, ids: Sequence[object], truncate: bool) -> list[int]:
         vocab = self._tokenizer.get_vocab_size(with_added_tokens=True)
         if not ids:
             raise EmbeddingRequestError(f"input[{n}] is an empty list of token ids")
         bad = [i for i in ids if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i < vocab]
         if bad:
             raise EmbeddingRequestError(f"input[{n}] has token ids outside the vocabulary (0..{vocab - 1}): {bad[:5]}")
-        return list(ids[: self.info.context_length]) if truncate else list(ids)
+        valid = [i for i in ids if isinstance(i, int)]  # all of them, as just checked
+        return valid[: self.info.context_length] if truncate else valid
 
     def _run(self, sequences: list[list[int]], skip: list[int]) -> np.ndarray:
         """Pooled (and normalised) vectors of one padded batch."""

@@ -140,7 +140,8 @@ def read_embedding_config(folder: Path, *, graph_pools: bool) -> EmbeddingConfig
     tokenizer_config = _object(folder / "tokenizer_config.json")
     st_config = _object(folder / "sentence_bert_config.json")
     st_settings = _object(folder / "config_sentence_transformers.json")
-    architectures = config.get("architectures") if isinstance(config.get("architectures"), list) else []
+    listed = config.get("architectures")
+    architectures = listed if isinstance(listed, list) else []
     decoder = any(isinstance(a, str) and a.endswith("ForCausalLM") for a in architectures)
 
     pooling: tuple[str, ...] | None = None
