@@ -194,11 +194,13 @@ class Runtime:
     # ------------------------------------------------------------------ lifecycle
 
     async def serve_http(self, sock: socket.socket, stop: asyncio.Event) -> None:
+        from agent.http.access import TokenSource
         from agent.http.app import create_app, serve_http
-        from agent.http.manage import management_blueprint
+        from agent.http.state import Management
 
         host, port = sock.getsockname()[:2]
-        app = create_app(self.pool, self.settings, extra_blueprints=[management_blueprint(self)])
+        management = Management(handle=self.handle, feed=self.feed, tokens=TokenSource(self.paths.connection))
+        app = create_app(self.pool, self.settings, management=management)
         # End the page's event streams as soon as the worker stops, so the server need not wait for them.
         closer = asyncio.ensure_future(_close_on(stop, self.feed))
         try:

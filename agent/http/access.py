@@ -15,7 +15,8 @@ checks, in this order (the OpenAI routes under ``/v1`` are not affected):
    open — sets the cookie and redirects to ``/`` so the token leaves the address bar.
 
 Tokens are compared with ``hmac.compare_digest``. The functions here are plain policy, testable
-without a server; ``agent.http.manage`` applies them to every request of its blueprint.
+without a server; ``agent.http.manage`` applies them to every request of its blueprint, and
+``agent.http.app`` reads the ``/v1`` API key with the same ``bearer_token`` and ``token_matches``.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ may rely on:
   a ``ping`` every few seconds while a long prompt is read; an engine error after the headers is an
   ``error`` event;
 - errors on these routes are Anthropic-shaped: ``{"type": "error", "error": {"type", "message"}}``;
-- ``x-api-key`` is accepted wherever ``Authorization: Bearer`` is (see ``openai_routes``).
+- ``x-api-key`` is accepted wherever ``Authorization: Bearer`` is (see ``agent.http.app``).
 """
 
 from __future__ import annotations
@@ -28,12 +28,21 @@ from quart import Blueprint, Response, request
 from agent.http import sse
 from agent.http.anthropic_schemas import CountTokensRequest, MessagesRequest, to_chat
 from agent.http.errors import ApiError, from_exception
-from agent.http.openai_routes import json_response, require_api_key
+from agent.http.replies import json_response
 from agent.http.strict import decode_strict
-from agent.http.turns import TICK, Finished, TextDelta, ToolCall, ToolCallDelta, Turn, count_prompt_tokens, keepalive, prepare
+from agent.http.turns import (
+    TICK,
+    Finished,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Turn,
+    count_prompt_tokens,
+    keepalive,
+    prepare,
+)
 
 blueprint = Blueprint("anthropic", __name__)
-blueprint.before_request(require_api_key)
 
 API = "the Messages API"
 PING_EVERY_S = 5.0
@@ -56,8 +65,7 @@ def error_payload(error: ApiError) -> dict[str, Any]:
 @blueprint.errorhandler(Exception)
 async def _anthropic_error(exc: Exception) -> Response:
     error = from_exception(exc)
-    body = msgspec.json.encode(error_payload(error))
-    return Response(body, status=error.status, content_type="application/json", headers=error.headers)
+    return json_response(error_payload(error), error.status, headers=error.headers)
 
 
 def _event(name: str, payload: dict[str, Any]) -> bytes:

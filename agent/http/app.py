@@ -7,8 +7,9 @@ its own. What a caller may rely on:
 - ``GET /health`` answers at once, whatever the models are doing.
 - Every error, including unknown routes (404), wrong methods (405) and bodies over
   ``http.max_body_bytes`` (413), is OpenAI-shaped JSON (``agent.http.errors``).
-- With ``http.api_key`` (or ``HFLOCAL_API_KEY``) set, ``/v1/*`` needs ``Authorization: Bearer <key>``;
-  ``/health`` and extra blueprints are not guarded (they guard themselves if they need to).
+- With ``http.api_key`` (or ``HFLOCAL_API_KEY``) set, every ``/v1`` route needs
+  ``Authorization: Bearer <key>`` or ``x-api-key: <key>`` (Anthropic's header); ``/health`` is not
+  guarded, and the management blueprint (``agent.http.manage``) has its own token.
 - ``http.cors_origins`` (``"*"`` allowed) gets CORS headers on every route, preflights included.
 - A ``/v1`` request that carries an ``Origin`` (a browser sends one with every cross-site request)
   is refused with 403 ``forbidden_origin`` before its body is read, whatever its method or
@@ -36,19 +37,15 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from hypercorn.config import Config
-from quart import Blueprint, Quart, Response, request
+from quart import Quart, Response, request
 
-from agent.http import listener
-from agent.http.access import is_loopback, origin_allowed, split_host
-from agent.http.anthropic_routes import blueprint as anthropic_blueprint
+from agent.http import anthropic_routes, embeddings_routes, listener, manage, openai_routes, responses_api_routes
+from agent.http.access import bearer_token, is_loopback, origin_allowed, split_host, token_matches
 from agent.http.body import finish_body
-from agent.http.embeddings_routes import blueprint as embeddings_blueprint
 from agent.http.errors import ApiError, register_error_handlers
 from agent.http.openapi import openapi_document
-from agent.http.openai_routes import blueprint as openai_blueprint
-from agent.http.openai_routes import json_response
-from agent.http.responses_api_routes import blueprint as responses_api_blueprint
-from agent.http.state import EXTENSION, HttpState, state
+from agent.http.replies import json_response
+from agent.http.state import EXTENSION, HttpState, Management, state
 from agent.pool import ModelPool
 from agent.settings import Settings
 
@@ -60,9 +57,15 @@ except metadata.PackageNotFoundError:  # running from a source tree that was nev
     VERSION = "0.0.0"
 
 
-def create_app(pool: ModelPool, settings: Settings, *, extra_blueprints: Sequence[Blueprint] = ()) -> Quart:
-    """The HTTP app: ``/health``, ``/v1/*`` and ``extra_blueprints`` (registered as they are, so
-    they choose their own ``url_prefix``). Routes reach the pool through ``agent.http.state.state()``."""
+V1_BLUEPRINTS = (openai_routes.blueprint, anthropic_routes.blueprint, responses_api_routes.blueprint,
+                 embeddings_routes.blueprint)
+"""Mounted at ``/v1``. Every blueprint is a module-level ``Blueprint`` whose routes reach the app's
+pool, settings and services through ``agent.http.state.state()``."""
+
+
+def create_app(pool: ModelPool, settings: Settings, *, management: Management | None = None) -> Quart:
+    """The HTTP app: ``/health``, ``/openapi.json``, ``/v1/*`` and, with ``management`` (what the
+    page and ``/api`` act through), the settings page and the management API."""
     app = Quart("agent.http")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.http.max_body_bytes,
@@ -70,7 +73,8 @@ def create_app(pool: ModelPool, settings: Settings, *, extra_blueprints: Sequenc
         RESPONSE_TIMEOUT=None,  # streaming answers set theirs off too; a long generation is no error
     )
     api_key = settings.http.api_key or os.environ.get("HFLOCAL_API_KEY") or None
-    app.extensions[EXTENSION] = HttpState(pool=pool, settings=settings, api_key=api_key, port=settings.http.port)
+    app.extensions[EXTENSION] = HttpState(pool=pool, settings=settings, api_key=api_key, port=settings.http.port,
+                                          management=management)
 
     @app.get("/health")
     async def health() -> Response:
@@ -100,12 +104,11 @@ def create_app(pool: ModelPool, settings: Settings, *, extra_blueprints: Sequenc
     app.url_map.merge_slashes = False  # ``/api/installed/%2Fetc%2Fpasswd`` is a key to refuse, not a 308 redirect
     app.before_request(_check_host)
     app.before_request(_check_origin)
-    app.register_blueprint(openai_blueprint, url_prefix="/v1")
-    app.register_blueprint(anthropic_blueprint, url_prefix="/v1")
-    app.register_blueprint(responses_api_blueprint, url_prefix="/v1")
-    app.register_blueprint(embeddings_blueprint, url_prefix="/v1")
-    for bp in extra_blueprints:
-        app.register_blueprint(bp)
+    app.before_request(_check_api_key)
+    for blueprint in V1_BLUEPRINTS:
+        app.register_blueprint(blueprint, url_prefix="/v1")
+    if management is not None:
+        app.register_blueprint(manage.blueprint)
     app.after_request(_cors)
     app.after_request(finish_body)  # an early refusal must not cost the client its connection
     register_error_handlers(app)
@@ -135,6 +138,19 @@ async def _check_origin() -> None:
         return
     raise ApiError(403, f"refused: requests from the web page at {origin[:100]!r} may not use this API; add its "
                    "origin to http.cors_origins in settings.toml to allow it", code="forbidden_origin")
+
+
+async def _check_api_key() -> None:
+    """With an API key configured, refuse a ``/v1`` route without it (see the module docstring).
+    Preflights pass: a browser sends them without credentials."""
+    key = state().api_key
+    rule = request.url_rule
+    if key is None or request.method == "OPTIONS" or rule is None or not rule.rule.startswith("/v1/"):
+        return
+    given = bearer_token(request.headers.get("Authorization")) or request.headers.get("x-api-key", "").strip()
+    if not token_matches(given, key):
+        raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
+                       code="invalid_api_key")
 
 
 def v1_origin_allowed(origin: str, allowed: Sequence[str], port: int, bound: str) -> bool:

@@ -33,6 +33,7 @@ from quart import Blueprint, Response, request
 from agent.engine.types import EmbeddingRequestError
 from agent.http import schemas
 from agent.http.errors import ApiError, invalid_request
+from agent.http.replies import encoded_json_response
 from agent.http.state import state
 
 blueprint = Blueprint("embeddings", __name__)
@@ -121,7 +122,7 @@ async def create_embeddings() -> Response:
         })
 
     body = await asyncio.to_thread(encode) if result.vectors.size > _ENCODE_OFF_LOOP else encode()
-    return Response(body, status=200, content_type="application/json")
+    return encoded_json_response(body)
 
 
 # --------------------------------------------------------------------------- /openapi.json

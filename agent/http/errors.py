@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import msgspec
 from quart import Quart, Response, request
 from werkzeug.exceptions import HTTPException
 
 from agent.engine.types import ContextLengthExceeded, EngineError, TemplateError
+from agent.http.replies import json_response
 from agent.pool import (
     LoadTimeoutError,
     ModelKindError,
@@ -58,8 +58,7 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
     def response(self) -> Response:
-        body = msgspec.json.encode(self.payload())
-        return Response(body, status=self.status, content_type="application/json", headers=self.headers)
+        return json_response(self.payload(), self.status, headers=self.headers)
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> ApiError:
@@ -148,8 +147,8 @@ def register_error_handlers(app: Quart) -> None:
     async def handle(exc: Exception) -> Response:
         error = from_exception(exc)
         if _path().startswith("/api/"):
-            body = msgspec.json.encode({"code": error.code or "error", "message": error.message, "details": {}})
-            return Response(body, status=error.status, content_type="application/json", headers=error.headers)
+            body = {"code": error.code or "error", "message": error.message, "details": {}}
+            return json_response(body, error.status, headers=error.headers)
         return error.response()
 
     app.register_error_handler(Exception, handle)

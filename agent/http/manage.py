@@ -1,7 +1,8 @@
 """The settings page and the management API (``/api/...``): one more door onto ``agent.handlers``.
 
 Every route decodes its input into the ZeroMQ request struct (``ipc.messages``), calls
-``Runtime.handle`` — the same handler the ZeroMQ door calls — and answers with the result struct as
+``Management.handle`` (``agent.http.state``; the worker passes ``Runtime.handle``, the same handler
+the ZeroMQ door calls) and answers with the result struct as
 JSON, so the two doors cannot drift apart. What a client may rely on:
 
 ==========================================  ===================  =================================
@@ -23,7 +24,7 @@ route                                       request              answer
 - Errors are ``{"code", "message", "details"}`` with the protocol's codes and a matching HTTP status
   (``ERROR_STATUS``); access refusals use ``unauthorized`` (401) and ``forbidden`` (403).
 - POST bodies must be ``application/json`` (an HTML form cannot send that without CORS).
-- ``/api/events`` relays the worker's events (``Runtime.feed``) as they are published, each as the
+- ``/api/events`` relays the worker's events (``Management.feed``) as they are published, each as the
   event struct's JSON (its ``topic`` field says which); ``{"topic": "resync"}`` means events were
   dropped because the client fell behind: re-read ``/api/status``. A comment line every
   ``KEEPALIVE_S``; the stream ends when the worker stops.
@@ -32,11 +33,10 @@ route                                       request              answer
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from importlib import resources
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import msgspec
 from quart import Blueprint, Response, request
@@ -44,7 +44,8 @@ from werkzeug.exceptions import HTTPException
 
 from agent.feed import Resync
 from agent.http import access
-from agent.http.state import state
+from agent.http.replies import json_response
+from agent.http.state import Management, state
 from ipc.messages import (
     Activate,
     CancelDownload,
@@ -61,9 +62,6 @@ from ipc.messages import (
     topic_of,
 )
 from ipc.server import error_reply
-
-if TYPE_CHECKING:
-    from agent.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +95,11 @@ ERROR_STATUS: dict[str, int] = {
 }
 """HTTP status of each error code (unknown codes: 500)."""
 
+blueprint = Blueprint("manage", __name__)
+
 NO_STORE = {"Cache-Control": "no-store"}
 SECURITY_HEADERS = {
+    **NO_STORE,
     "Content-Security-Policy": (
         "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
         "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -118,18 +119,31 @@ ASSETS = {
 S = TypeVar("S", bound=Request)
 
 
+def services() -> Management:
+    """What this app's page and ``/api`` act through (``create_app(..., management=...)``)."""
+    management = state().management
+    assert management is not None, "the management blueprint is registered only with its services"
+    return management
+
+
 def error_response(code: str, message: str, details: dict[str, Any] | None = None, *, status: int | None = None,
                    headers: dict[str, str] | None = None) -> Response:
-    body = msgspec.json.encode({"code": code, "message": message, "details": details or {}})
-    return Response(body, status=status or ERROR_STATUS.get(code, 500), content_type="application/json",
-                    headers={**NO_STORE, **(headers or {})})
+    body = {"code": code, "message": message, "details": details or {}}
+    return json_response(body, status or ERROR_STATUS.get(code, 500), headers=headers)
 
 
-def json_response(value: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(value), status=status, content_type="application/json", headers=NO_STORE)
+class _Refusal(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
-def _exception_response(exc: BaseException) -> Response:
+@blueprint.errorhandler(Exception)
+async def _error(exc: Exception) -> Response:
+    """Every failure of a route is an answer in this API's shape, never a traceback."""
+    if isinstance(exc, _Refusal):
+        return error_response(exc.code, exc.message)
     if isinstance(exc, HTTPException):
         status = exc.code or 500
         code = {400: "bad_request", 404: "not_found", 405: "bad_request", 413: "too_large"}.get(status, "internal")
@@ -148,7 +162,7 @@ def _wants_html() -> bool:
 
 def unauthorized_page(message: str) -> Response:
     body = (PAGE / "unauthorized.html").read_text("utf-8").replace("{{MESSAGE}}", _html_escape(message))
-    return Response(body, status=401, content_type="text/html; charset=utf-8", headers=NO_STORE)
+    return Response(body, status=401, content_type="text/html; charset=utf-8")
 
 
 def _html_escape(text: str) -> str:
@@ -158,46 +172,58 @@ def _html_escape(text: str) -> str:
 HOW_TO_OPEN = "Open the settings page from the hflocal tray icon (Settings…) or run `hflocal open`."
 
 
-class Guard:
-    """Applies ``agent.http.access`` to every request of the blueprint (see its docstring)."""
+@blueprint.before_request
+async def _guard() -> Response | None:
+    refusal = _refusal()
+    if refusal is not None and _has_body():
+        # The body stays unread: end the connection so that a client does not send its next
+        # request into the remains of this one.
+        refusal.headers["Connection"] = "close"
+    return refusal
 
-    def __init__(self, rt: Runtime, tokens: access.TokenSource) -> None:
-        self.rt = rt
-        self.tokens = tokens
 
-    async def check(self) -> Response | None:
-        port = state().port
-        bound = self.rt.settings.http.host
-        host = request.headers.get("Host")
-        if not access.host_allowed(host, port, bound):
-            log.warning("refused %s %s: Host %r is not this agent", request.method, request.path, host)
-            return error_response("forbidden", f"refused: Host {host!r} is not this agent's address "
-                                  f"(use http://127.0.0.1:{port}/)")
-        origin = request.headers.get("Origin")
-        if not access.origin_allowed(origin, port, bound) or access.from_another_site(
-                request.method, request.headers.get("Sec-Fetch-Site"), api=request.path.startswith("/api/")):
-            log.warning("refused %s %s from origin %r", request.method, request.path, origin)
-            return error_response("forbidden", f"refused: requests from {origin or 'another site'} may not use "
-                                  "hflocal's management API")
-        if request.path.startswith("/assets/"):
-            return None  # the page's own code and style: public, like the package they come from
-        expected = self.tokens.get()
-        if expected is None:
-            return error_response("starting", "the agent is starting; retry in a moment", headers={"Retry-After": "1"})
-        if request.path == "/" and "token" in request.args:
-            if access.token_matches(request.args.get("token"), expected):
-                return Response("", status=303, headers={
-                    "Location": "/", "Set-Cookie": access.set_cookie_header(port, expected), **NO_STORE})
-            return unauthorized_page("This link's token is not valid (the agent has restarted since it was made).")
-        presented = access.presented_tokens(request.headers.get("Authorization"), dict(request.cookies), port)
-        if any(access.token_matches(t, expected) for t in presented):
-            return None
-        message = "wrong token" if presented else "no token"
-        if _wants_html():
-            return unauthorized_page(f"This page needs the agent's token ({message}).")
-        return error_response("unauthorized", f"{message}: send the cookie set by the settings page or "
-                              "'Authorization: Bearer <token from agent.json>'. " + HOW_TO_OPEN,
-                              headers={"WWW-Authenticate": 'Bearer realm="hflocal"'})
+def _refusal() -> Response | None:
+    """``agent.http.access`` applied to this request: ``None`` if it may go on, else the answer."""
+    st = state()
+    port, bound = st.port, st.settings.http.host
+    host = request.headers.get("Host")
+    if not access.host_allowed(host, port, bound):
+        log.warning("refused %s %s: Host %r is not this agent", request.method, request.path, host)
+        return error_response("forbidden", f"refused: Host {host!r} is not this agent's address "
+                              f"(use http://127.0.0.1:{port}/)")
+    origin = request.headers.get("Origin")
+    if not access.origin_allowed(origin, port, bound) or access.from_another_site(
+            request.method, request.headers.get("Sec-Fetch-Site"), api=request.path.startswith("/api/")):
+        log.warning("refused %s %s from origin %r", request.method, request.path, origin)
+        return error_response("forbidden", f"refused: requests from {origin or 'another site'} may not use "
+                              "hflocal's management API")
+    if request.path.startswith("/assets/"):
+        return None  # the page's own code and style: public, like the package they come from
+    expected = services().tokens.get()
+    if expected is None:
+        return error_response("starting", "the agent is starting; retry in a moment", headers={"Retry-After": "1"})
+    if request.path == "/" and "token" in request.args:
+        if access.token_matches(request.args.get("token"), expected):
+            return Response("", status=303, headers={
+                "Location": "/", "Set-Cookie": access.set_cookie_header(port, expected)})
+        return unauthorized_page("This link's token is not valid (the agent has restarted since it was made).")
+    presented = access.presented_tokens(request.headers.get("Authorization"), dict(request.cookies), port)
+    if any(access.token_matches(t, expected) for t in presented):
+        return None
+    message = "wrong token" if presented else "no token"
+    if _wants_html():
+        return unauthorized_page(f"This page needs the agent's token ({message}).")
+    return error_response("unauthorized", f"{message}: send the cookie set by the settings page or "
+                          "'Authorization: Bearer <token from agent.json>'. " + HOW_TO_OPEN,
+                          headers={"WWW-Authenticate": 'Bearer realm="hflocal"'})
+
+
+@blueprint.after_request
+async def _headers(response: Response) -> Response:
+    """Security headers and ``Cache-Control: no-store`` on every answer (the assets say ``no-cache``)."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    return response
 
 
 async def _body(kind: type[S]) -> S:
@@ -213,13 +239,6 @@ async def _body(kind: type[S]) -> S:
         raise _Refusal("bad_request", f"the body is not valid JSON: {exc}") from None
 
 
-class _Refusal(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def _int_arg(name: str, default: int) -> int:
     raw = request.args.get(name)
     if raw is None or raw == "":
@@ -230,141 +249,115 @@ def _int_arg(name: str, default: int) -> int:
         raise _Refusal("bad_request", f"{name} must be an integer, got {raw!r}") from None
 
 
-def management_blueprint(rt: Runtime, tokens: access.TokenSource | None = None) -> Blueprint:
-    """The page and ``/api`` for ``rt``; ``tokens`` defaults to the token in ``rt``'s ``agent.json``."""
-    bp = Blueprint("manage", __name__)
-    guard = Guard(rt, tokens or access.TokenSource(rt.paths.connection))
-    streams: set[object] = set()
+async def call(req: Request) -> Message:
+    return await services().handle(req)
 
-    @bp.before_request
-    async def _guard() -> Response | None:
-        refusal = await guard.check()
-        if refusal is not None and _has_body():
-            # The body stays unread: end the connection so that a client does not send its next
-            # request into the remains of this one.
-            refusal.headers["Connection"] = "close"
-        return refusal
 
-    @bp.after_request
-    async def _headers(response: Response) -> Response:
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        return response
+@blueprint.get("/")
+async def page() -> Response:
+    api_key = "true" if state().api_key else "false"
+    body = (PAGE / "index.html").read_text("utf-8").replace("{{API_KEY_REQUIRED}}", api_key)
+    return Response(body, content_type="text/html; charset=utf-8")
 
-    async def call(req: Request) -> Message:
-        return await rt.handle(req)
 
-    def route(rule: str, methods: list[str]) -> Callable[[Callable[..., Awaitable[Response]]], Any]:
-        def wrap(fn: Callable[..., Awaitable[Response]]) -> Any:
-            async def view(**kwargs: Any) -> Response:
+@blueprint.get("/assets/<name>")
+async def asset(name: str) -> Response:
+    if name not in ASSETS:
+        return error_response("not_found", f"no asset {name!r}")
+    return Response((PAGE / name).read_bytes(), content_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
+
+
+@blueprint.get("/api/status")
+async def status() -> Response:
+    return json_response(await call(Status()))
+
+
+@blueprint.get("/api/search")
+async def search() -> Response:
+    query = request.args.get("q", "")
+    kind = request.args.get("kind") or "chat"
+    return json_response(await call(Search(query=query, limit=_int_arg("limit", 20), kind=kind)))
+
+
+@blueprint.get("/api/models/<path:model_id>/files")
+async def model_files(model_id: str) -> Response:
+    revision = request.args.get("revision") or "main"
+    return json_response(await call(ModelFiles(model_id=model_id, revision=revision)))
+
+
+@blueprint.get("/api/installed")
+async def installed() -> Response:
+    return json_response(await call(ListInstalled()))
+
+
+@blueprint.delete("/api/installed/<path:key>")
+async def delete(key: str) -> Response:
+    return json_response(await call(Delete(key=key)))
+
+
+@blueprint.get("/api/downloads")
+async def downloads() -> Response:
+    result = await call(Status())
+    assert isinstance(result, StatusResult)
+    return json_response({"downloads": result.downloads})
+
+
+@blueprint.post("/api/downloads")
+async def start_download() -> Response:
+    req = await _body(Download)
+    return json_response(await call(msgspec.structs.replace(req, token="")), status=202)
+
+
+@blueprint.delete("/api/downloads/<job_id>")
+async def cancel_download(job_id: str) -> Response:
+    return json_response(await call(CancelDownload(job_id=job_id)))
+
+
+@blueprint.post("/api/activate")
+async def activate() -> Response:
+    req = await _body(Activate)
+    return json_response(await call(msgspec.structs.replace(req, token="")), status=202)
+
+
+@blueprint.get("/api/hardware")
+async def hardware() -> Response:
+    return json_response(await call(Hardware()))
+
+
+@blueprint.get("/api/events")
+async def events() -> Response:
+    management = services()
+    if len(management.streams) >= MAX_EVENT_STREAMS:
+        return error_response("busy", f"too many event streams open (limit {MAX_EVENT_STREAMS})",
+                              headers={"Retry-After": "5"})
+    prefixes = tuple(p for p in request.args.get("topics", "").split(",") if p)
+    response = Response(_event_stream(management, prefixes), content_type="text/event-stream",
+                        headers={"X-Accel-Buffering": "no"})
+    response.timeout = None
+    return response
+
+
+async def _event_stream(management: Management, prefixes: tuple[str, ...]) -> AsyncIterator[bytes]:
+    marker = object()
+    management.streams.add(marker)
+    try:
+        with management.feed.subscribe() as sub:
+            yield b"retry: 3000\n: connected\n\n"
+            while True:
                 try:
-                    return await fn(**kwargs)
-                except _Refusal as exc:
-                    return error_response(exc.code, exc.message)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - every failure is an answer, never a traceback
-                    return _exception_response(exc)
-
-            view.__name__ = fn.__name__
-            return bp.route(rule, methods=methods)(view)
-
-        return wrap
-
-    @route("/", ["GET"])
-    async def page() -> Response:
-        api_key = "true" if state().api_key else "false"
-        body = (PAGE / "index.html").read_text("utf-8").replace("{{API_KEY_REQUIRED}}", api_key)
-        return Response(body, content_type="text/html; charset=utf-8", headers=NO_STORE)
-
-    @route("/assets/<name>", ["GET"])
-    async def asset(name: str) -> Response:
-        if name not in ASSETS:
-            return error_response("not_found", f"no asset {name!r}")
-        return Response((PAGE / name).read_bytes(), content_type=ASSETS[name], headers={"Cache-Control": "no-cache"})
-
-    @route("/api/status", ["GET"])
-    async def status() -> Response:
-        return json_response(await call(Status()))
-
-    @route("/api/search", ["GET"])
-    async def search() -> Response:
-        query = request.args.get("q", "")
-        kind = request.args.get("kind") or "chat"
-        return json_response(await call(Search(query=query, limit=_int_arg("limit", 20), kind=kind)))
-
-    @route("/api/models/<path:model_id>/files", ["GET"])
-    async def model_files(model_id: str) -> Response:
-        revision = request.args.get("revision") or "main"
-        return json_response(await call(ModelFiles(model_id=model_id, revision=revision)))
-
-    @route("/api/installed", ["GET"])
-    async def installed() -> Response:
-        return json_response(await call(ListInstalled()))
-
-    @route("/api/installed/<path:key>", ["DELETE"])
-    async def delete(key: str) -> Response:
-        return json_response(await call(Delete(key=key)))
-
-    @route("/api/downloads", ["GET"])
-    async def downloads() -> Response:
-        result = await call(Status())
-        assert isinstance(result, StatusResult)
-        return json_response({"downloads": result.downloads})
-
-    @route("/api/downloads", ["POST"])
-    async def start_download() -> Response:
-        req = await _body(Download)
-        return json_response(await call(msgspec.structs.replace(req, token="")), status=202)
-
-    @route("/api/downloads/<job_id>", ["DELETE"])
-    async def cancel_download(job_id: str) -> Response:
-        return json_response(await call(CancelDownload(job_id=job_id)))
-
-    @route("/api/activate", ["POST"])
-    async def activate() -> Response:
-        req = await _body(Activate)
-        return json_response(await call(msgspec.structs.replace(req, token="")), status=202)
-
-    @route("/api/hardware", ["GET"])
-    async def hardware() -> Response:
-        return json_response(await call(Hardware()))
-
-    @route("/api/events", ["GET"])
-    async def events() -> Response:
-        if len(streams) >= MAX_EVENT_STREAMS:
-            return error_response("busy", f"too many event streams open (limit {MAX_EVENT_STREAMS})",
-                                  headers={"Retry-After": "5"})
-        prefixes = tuple(p for p in request.args.get("topics", "").split(",") if p)
-
-        async def stream() -> AsyncIterator[bytes]:
-            marker = object()
-            streams.add(marker)
-            try:
-                with rt.feed.subscribe() as sub:
-                    yield b"retry: 3000\n: connected\n\n"
-                    while True:
-                        try:
-                            item = await sub.get(timeout=KEEPALIVE_S)
-                        except TimeoutError:
-                            yield b": keep-alive\n\n"
-                            continue
-                        if item is None:
-                            return
-                        if isinstance(item, Resync):
-                            yield b'data: {"topic":"resync"}\n\n'
-                            continue
-                        if not prefixes or topic_of(item).startswith(prefixes):
-                            yield b"data: " + msgspec.json.encode(item) + b"\n\n"
-            finally:
-                streams.discard(marker)
-
-        response = Response(stream(), content_type="text/event-stream", headers={
-            **NO_STORE, "X-Accel-Buffering": "no"})
-        response.timeout = None
-        return response
-
-    return bp
+                    item = await sub.get(timeout=KEEPALIVE_S)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                    continue
+                if item is None:
+                    return
+                if isinstance(item, Resync):
+                    yield b'data: {"topic":"resync"}\n\n'
+                    continue
+                if not prefixes or topic_of(item).startswith(prefixes):
+                    yield b"data: " + msgspec.json.encode(item) + b"\n\n"
+    finally:
+        management.streams.discard(marker)
 
 
-__all__ = ["ERROR_STATUS", "KEEPALIVE_S", "management_blueprint"]
+__all__ = ["ERROR_STATUS", "KEEPALIVE_S", "blueprint"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,7 +20,8 @@ from agent.engine.embedding_config import read_embedding_config
 from agent.engine.model_files import read_json, read_model_config
 from agent.engine.types import SamplingParams, TokenChoice
 from agent.http import schemas, sse, tool_use
-from agent.http.errors import ApiError, from_exception, invalid_request
+from agent.http.errors import from_exception, invalid_request
+from agent.http.replies import encoded_json_response, json_response
 from agent.http.responses import AnswerFormat, Assembler, ChatFormat, CompletionFormat
 from agent.http.state import state
 from agent.pool import Lease, ModelUnavailableError, ResolvedVariant, UnknownModelError
@@ -30,24 +30,6 @@ blueprint = Blueprint("openai", __name__)
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16
 """OpenAI's default for ``/v1/completions``; chat uses ``models.default_max_tokens``."""
-
-
-@blueprint.before_request
-async def require_api_key() -> None:
-    """With an API key configured, every ``/v1`` route needs ``Authorization: Bearer <key>`` or
-    ``x-api-key: <key>`` (Anthropic's header; the other ``/v1`` blueprints use this check too)."""
-    key = state().api_key
-    if key is None or request.method == "OPTIONS":
-        return
-    header = request.headers.get("Authorization", "")
-    given = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "").strip()
-    if not hmac.compare_digest(given.encode(), key.encode()):
-        raise ApiError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
-                       code="invalid_api_key")
-
-
-def json_response(payload: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(payload), status=status, content_type="application/json")
 
 
 # --------------------------------------------------------------------------- models
@@ -81,7 +63,7 @@ async def list_models() -> Response:
     if cached is None or (cached[0] is not variants and cached[0] != variants):
         body = msgspec.json.encode({"object": "list", "data": [_model_object(v) for v in variants]})
         cached = st.models_body = (variants, body)
-    return Response(cached[1], status=200, content_type="application/json")
+    return encoded_json_response(cached[1])
 
 
 @blueprint.get("/models/<path:model>")

@@ -32,13 +32,12 @@ from quart import Blueprint, Response, request
 
 from agent.http import sse
 from agent.http.errors import from_exception
-from agent.http.openai_routes import json_response, require_api_key
+from agent.http.replies import json_response
 from agent.http.responses_api_schemas import ResponsesRequest, to_chat
 from agent.http.strict import decode_strict
 from agent.http.turns import Finished, TextDelta, ToolCall, ToolCallDelta, Turn, TurnEvent, prepare
 
 blueprint = Blueprint("responses_api", __name__)
-blueprint.before_request(require_api_key)
 
 
 @blueprint.post("/responses")

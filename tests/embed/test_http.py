@@ -56,10 +56,10 @@ async def apps(setup: Setup) -> AsyncIterator[Callable[..., tuple[Quart, World]]
     made: list[World] = []
 
     def make(variants: list[ResolvedVariant] | None = None, active: str | None = None,
-             **settings: Any) -> tuple[Quart, World]:
+             http: HttpSettings | None = None, **settings: Any) -> tuple[Quart, World]:
         world = make_world(variants or [setup.chat, setup.embed], active or setup.chat.key, **settings)
         made.append(world)
-        return create_app(world.pool, Settings(http=HttpSettings(), models=world.settings)), world
+        return create_app(world.pool, Settings(http=http or HttpSettings(), models=world.settings)), world
 
     yield make
     for world in made:
@@ -163,6 +163,21 @@ async def test_bad_requests_name_the_field(apps: Callable[..., tuple[Quart, Worl
     error = answer["error"]
     assert (error["param"], error["code"], error["type"]) == (param, code, "invalid_request_error")
     assert needle in error["message"]
+
+
+async def test_the_api_key_guards_embeddings_like_every_v1_route(apps: Callable[..., tuple[Quart, World]],
+                                                                 setup: Setup) -> None:
+    app, world = apps(http=HttpSettings(api_key="s3cret"))
+    client = app.test_client()
+    body = {"model": setup.embed.key, "input": "Hello world!"}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"x-api-key": "wrong"}):
+        response = await client.post("/v1/embeddings", json=body, headers=headers)
+        assert response.status_code == 401, headers
+        assert (await response.get_json())["error"]["code"] == "invalid_api_key"
+    assert world.loader.loads == []  # refused before the pool was asked
+    for headers in ({"Authorization": "Bearer s3cret"}, {"x-api-key": "s3cret"}):
+        response = await client.post("/v1/embeddings", json=body, headers=headers)
+        assert response.status_code == 200, await response.get_data()
 
 
 async def test_truncate_and_dimensions(apps: Callable[..., tuple[Quart, World]], setup: Setup) -> None:

@@ -28,7 +28,10 @@ from tests.reliability.support import REPO_ROOT, case, make_ready
 from tests.support.agentproc import AgentProcess, cli, run_serve, start_agent
 from tests.support.worker import TINY, publish, repo_files
 
-TOKEN_MODULES = ["ipc/server.py", "agent/http/access.py", "agent/http/openai_routes.py"]
+TOKEN_MODULES = ["ipc/server.py", "agent/http/access.py"]
+"""Where tokens and API keys are compared."""
+TOKEN_READERS = ["agent/http/app.py", "agent/http/manage.py"]
+"""Where the HTTP side takes a token or API key from a request and hands it to ``access.token_matches``."""
 
 
 def _token_comparisons(source: str) -> list[str]:
@@ -43,12 +46,17 @@ def _token_comparisons(source: str) -> list[str]:
 
 
 @case(area="security", case="tokens and API keys compared in constant time",
-      did="parse ipc/server.py, agent/http/access.py and agent/http/openai_routes.py",
+      did="parse ipc/server.py and agent/http/access.py (which compare tokens), agent/http/app.py and "
+          "agent/http/manage.py (which read them from requests)",
       outcome="every token/key check uses hmac.compare_digest; no == on a secret")
 def test_tokens_are_compared_in_constant_time() -> None:
     for module in TOKEN_MODULES:
         source = (REPO_ROOT / module).read_text()
         assert "compare_digest" in source, module
+        assert _token_comparisons(source) == [], module
+    for module in TOKEN_READERS:
+        source = (REPO_ROOT / module).read_text()
+        assert "token_matches" in source, module
         assert _token_comparisons(source) == [], module
 
 
