@@ -23,10 +23,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from agent.http import sse
 from agent.http.anthropic_schemas import CountTokensRequest, MessagesRequest, to_chat
+from agent.http.body import read_body
 from agent.http.errors import ApiError, from_exception
 from agent.http.replies import json_response
 from agent.http.strict import decode_strict
@@ -58,7 +59,8 @@ _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: 
 def error_payload(error: ApiError) -> dict[str, Any]:
     """Anthropic's error body for ``error`` (the message keeps naming the parameter)."""
     kind = _ERROR_TYPES.get(error.status, "api_error" if error.status >= 500 else "invalid_request_error")
-    message = error.message if error.param is None or error.param in error.message else f"{error.param}: {error.message}"
+    named = error.param is None or error.param in error.message
+    message = error.message if named else f"{error.param}: {error.message}"
     return {"type": "error", "error": {"type": kind, "message": message}}
 
 
@@ -74,7 +76,7 @@ def _event(name: str, payload: dict[str, Any]) -> bytes:
 
 @blueprint.post("/messages")
 async def create_message() -> Response:
-    req = decode_strict(await request.get_data(as_text=False), MessagesRequest, API)
+    req = decode_strict(await read_body(), MessagesRequest, API)
     turn = await prepare(to_chat(req))
     message_id = f"msg_{uuid.uuid4().hex}"
     if req.stream:
@@ -88,7 +90,7 @@ async def create_message() -> Response:
             text.append(event.text)
         elif isinstance(event, ToolCall):
             content.append(_tool_use(event))
-        else:
+        elif isinstance(event, Finished):  # the last event; a call's pieces (ToolCallDelta) are not needed here
             finished = event
     assert finished is not None
     if text:
@@ -103,7 +105,7 @@ async def create_message() -> Response:
 @blueprint.post("/messages/count_tokens")
 async def count_tokens() -> Response:
     """``{"input_tokens": n}``: the prompt as the model would read it (template and tools included)."""
-    req = decode_strict(await request.get_data(as_text=False), CountTokensRequest, API)
+    req = decode_strict(await read_body(), CountTokensRequest, API)
     _, tokens = await count_prompt_tokens(to_chat(req))
     return json_response({"input_tokens": tokens})
 
@@ -155,7 +157,8 @@ async def _stream(turn: Turn, message_id: str) -> AsyncIterator[bytes]:
                         index, text_open = index + 1, False
                     tool_open = delta.id
                     streamed.add(delta.id)
-                    block = {"type": "tool_use", "id": _tool_id(delta.id), "name": delta.name, "input": {}}
+                    block: dict[str, Any] = {"type": "tool_use", "id": _tool_id(delta.id), "name": delta.name,
+                                             "input": {}}
                     yield _event("content_block_start", {"type": "content_block_start", "index": index,
                                                          "content_block": block})
                 if delta.arguments and tool_open is not None:

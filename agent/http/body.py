@@ -27,6 +27,11 @@ DRAIN_TIMEOUT_S = 5.0
 """How long an answer waits for the unread rest of its request's body."""
 
 
+async def read_body() -> bytes:
+    """The whole request body as bytes (cached: a second read returns it again)."""
+    return await request.get_data(True, False, False)  # positional: the overload typed ``bytes``
+
+
 def _has_body() -> bool:
     length = request.content_length
     return bool(length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
@@ -43,4 +48,4 @@ async def finish_body(response: Response) -> Response:
     return response
 
 
-__all__ = ["DRAIN_TIMEOUT_S", "finish_body"]
+__all__ = ["DRAIN_TIMEOUT_S", "finish_body", "read_body"]

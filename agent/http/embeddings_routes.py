@@ -28,10 +28,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Meta, Struct
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from agent.engine.types import EmbeddingRequestError
 from agent.http import schemas
+from agent.http.body import read_body
 from agent.http.errors import ApiError, invalid_request
 from agent.http.replies import encoded_json_response
 from agent.http.state import state
@@ -98,7 +99,7 @@ def _data(vectors: Any, encoding: str) -> list[dict[str, Any]]:
 
 @blueprint.post("/embeddings")
 async def create_embeddings() -> Response:
-    req = _decode(await request.get_data(as_text=False))
+    req = _decode(await read_body())
     inputs = inputs_of(req.input)
     lease = await state().pool.acquire(req.model or None, kind=MODEL_KIND)
     task = asyncio.current_task()

@@ -119,11 +119,11 @@ async def serve_bounded(app: Quart, config: Config, sock: socket.socket, *,
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         task = asyncio.current_task()
         assert task is not None
-        connections.add(task)  # type: ignore[arg-type]
+        connections.add(task)
         try:
             await _Connection(wrapped, loop, config, context, lifespan_state, reader, writer)
         finally:
-            connections.discard(task)  # type: ignore[arg-type]
+            connections.discard(task)
 
     server = await asyncio.start_server(on_connection, sock=sock, backlog=config.backlog)
     try:

@@ -44,6 +44,7 @@ from werkzeug.exceptions import HTTPException
 
 from agent.feed import Resync
 from agent.http import access
+from agent.http.body import read_body
 from agent.http.replies import json_response
 from agent.http.state import Management, state
 from ipc.messages import (
@@ -227,7 +228,7 @@ async def _headers(response: Response) -> Response:
 
 
 async def _body(kind: type[S]) -> S:
-    data = await request.get_data(as_text=False)  # read whatever came, so the connection stays usable
+    data = await read_body()  # read whatever came, so the connection stays usable
     mimetype = (request.mimetype or "").lower()
     if mimetype != "application/json":
         raise _Refusal("unsupported_media_type", f"send the body as application/json (got {mimetype or 'none'})")

@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from agent.engine.embedding_config import read_embedding_config
 from agent.engine.model_files import read_json, read_model_config
 from agent.engine.types import SamplingParams, TokenChoice
 from agent.http import schemas, sse, tool_use
+from agent.http.body import read_body
 from agent.http.errors import from_exception, invalid_request
 from agent.http.replies import encoded_json_response, json_response
 from agent.http.responses import AnswerFormat, Assembler, ChatFormat, CompletionFormat
@@ -84,7 +85,7 @@ async def get_model(model: str) -> Response:
 
 @blueprint.post("/chat/completions")
 async def chat_completions() -> Response:
-    req = schemas.decode(await request.get_data(as_text=False), schemas.ChatCompletionRequest)
+    req = schemas.decode(await read_body(), schemas.ChatCompletionRequest)
     schemas.check_chat(req)
     params = schemas.sampling_params(req, state().settings.models.default_max_tokens)
     lease = await _acquire(req.model or None)
@@ -104,14 +105,15 @@ async def chat_completions() -> Response:
 
 @blueprint.post("/completions")
 async def completions() -> Response:
-    req = schemas.decode(await request.get_data(as_text=False), schemas.CompletionRequest)
+    req = schemas.decode(await read_body(), schemas.CompletionRequest)
     prompt = schemas.check_completion(req)
     params = schemas.sampling_params(req, COMPLETIONS_DEFAULT_MAX_TOKENS)
     answer = tool_use.answer_grammar(req.response_format)
     if answer is not None:
         params = dataclasses.replace(params, grammar=answer.whole)
     lease = await _acquire(req.model or None)
-    fmt = CompletionFormat(lease.key, logprobs=params.logprobs, echo=prompt if req.echo and isinstance(prompt, str) else None)
+    echo = prompt if req.echo and isinstance(prompt, str) else None
+    fmt = CompletionFormat(lease.key, logprobs=params.logprobs, echo=echo)
 
     async def encode() -> list[int]:
         if isinstance(prompt, str):

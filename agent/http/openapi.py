@@ -45,7 +45,11 @@ and fuzzers send ids the Hub can be asked about."""
 
 
 def _json(ref: str, description: str = "OK") -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ref}"}}}}
+    return {"description": description, "content": _json_content({"$ref": f"#/components/schemas/{ref}"})}
+
+
+def _json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
 
 
 def _openai_errors(*statuses: int) -> dict[str, Any]:
@@ -103,7 +107,8 @@ def _components() -> dict[str, Any]:
     comps.update({
         "Error": {"type": "object", "required": ["message", "type", "param", "code"], "properties": {
             "message": {"type": "string"}, "type": {"type": "string"}, "param": nullable_str, "code": nullable_str}},
-        "ErrorResponse": {"type": "object", "required": ["error"], "properties": {"error": {"$ref": REF.format(name="Error")}}},
+        "ErrorResponse": {"type": "object", "required": ["error"],
+                          "properties": {"error": {"$ref": REF.format(name="Error")}}},
         "ApiError": {"type": "object", "required": ["code", "message"], "properties": {
             "code": {"type": "string"}, "message": {"type": "string"}, "details": {}}},
         "Model": {"type": "object", "required": ["id", "object", "created", "owned_by"], "properties": {
@@ -114,20 +119,24 @@ def _components() -> dict[str, Any]:
         "ListModelsResponse": {"type": "object", "required": ["object", "data"], "properties": {
             "object": {"enum": ["list"]}, "data": {"type": "array", "items": {"$ref": REF.format(name="Model")}}}},
         "CreateChatCompletionResponse": {"type": "object", "required": ["id", "object", "created", "model", "choices"],
-                                         "properties": {"id": {"type": "string"}, "object": {"enum": ["chat.completion"]},
+                                         "properties": {"id": {"type": "string"},
+                                                        "object": {"enum": ["chat.completion"]},
                                                         "created": {"type": "integer"}, "model": {"type": "string"},
                                                         "choices": {"type": "array"}, "usage": {"type": "object"}}},
         "CreateCompletionResponse": {"type": "object", "required": ["id", "object", "created", "model", "choices"],
                                      "properties": {"id": {"type": "string"}, "object": {"enum": ["text_completion"]},
                                                     "created": {"type": "integer"}, "model": {"type": "string"},
                                                     "choices": {"type": "array"}, "usage": {"type": "object"}}},
-        "AnthropicMessageResponse": {"type": "object", "required": ["id", "type", "role", "model", "content", "stop_reason", "usage"],
+        "AnthropicMessageResponse": {"type": "object",
+                                     "required": ["id", "type", "role", "model", "content", "stop_reason", "usage"],
                                      "properties": {"id": {"type": "string"}, "type": {"enum": ["message"]},
                                                     "role": {"enum": ["assistant"]}, "model": {"type": "string"},
                                                     "content": {"type": "array", "items": {"type": "object"}},
-                                                    "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence", "tool_use"]},
+                                                    "stop_reason": {"enum": ["end_turn", "max_tokens", "stop_sequence",
+                                                                             "tool_use"]},
                                                     "stop_sequence": nullable_str, "usage": {"type": "object"}}},
-        "AnthropicTokenCount": {"type": "object", "required": ["input_tokens"], "properties": {"input_tokens": {"type": "integer"}}},
+        "AnthropicTokenCount": {"type": "object", "required": ["input_tokens"],
+                                "properties": {"input_tokens": {"type": "integer"}}},
         "AnthropicErrorResponse": {"type": "object", "required": ["type", "error"], "properties": {
             "type": {"enum": ["error"]}, "error": {"type": "object", "required": ["type", "message"], "properties": {
                 "type": {"type": "string"}, "message": {"type": "string"}}}}},
@@ -135,7 +144,8 @@ def _components() -> dict[str, Any]:
                      "properties": {"id": {"type": "string"}, "object": {"enum": ["response"]},
                                     "created_at": {"type": "integer"},
                                     "status": {"enum": ["completed", "incomplete", "in_progress", "failed"]},
-                                    "model": {"type": "string"}, "output": {"type": "array", "items": {"type": "object"}},
+                                    "model": {"type": "string"},
+                                    "output": {"type": "array", "items": {"type": "object"}},
                                     "usage": {"anyOf": [{"type": "object"}, {"type": "null"}]}}},
         "Health": {"type": "object", "required": ["status", "version"], "properties": {
             "status": {"enum": ["ok"]}, "model": nullable_str, "model_state": {"type": "string"},
@@ -169,14 +179,15 @@ def _anthropic(op_id: str, summary: str, body: str, answer: str, *, stream: bool
     return {"post": {
         "operationId": op_id, "tags": ["Anthropic"], "summary": summary,
         "security": [{"apiKey": []}, {"anthropicKey": []}, {}],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name=body)}}}},
+        "requestBody": {"required": True, "content": _json_content({"$ref": REF.format(name=body)})},
         "responses": {"200": ok, **errors},
     }}
 
 
 def _api_get(op_id: str, summary: str, answer: str, parameters: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": op_id, "tags": ["Management"], "summary": summary,
-                          "security": [{"agentToken": []}], "responses": {"200": _json(answer), **_api_errors(*_API_ERRORS)}}
+                          "security": [{"agentToken": []}],
+                          "responses": {"200": _json(answer), **_api_errors(*_API_ERRORS)}}
     if parameters:
         op["parameters"] = parameters
     return op
@@ -188,7 +199,7 @@ def _param(name: str, where: str, schema: dict[str, Any], required: bool = False
 
 def _api_post(op_id: str, summary: str, body: str, answer: str) -> dict[str, Any]:
     return {"operationId": op_id, "tags": ["Management"], "summary": summary, "security": [{"agentToken": []}],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": REF.format(name=body)}}}},
+            "requestBody": {"required": True, "content": _json_content({"$ref": REF.format(name=body)})},
             "responses": {"202": _json(answer, "Accepted: follow the job's events"), **_api_errors(*_API_ERRORS)}}
 
 
@@ -197,15 +208,19 @@ def openapi_document(version: str) -> dict[str, Any]:
     """The whole document (built once; ``version`` is the agent's version)."""
     model_path = _param("model", "path", {"type": "string"})
     paths: dict[str, Any] = {
-        "/health": {"get": {"operationId": "health", "tags": ["Agent"], "summary": "Liveness and the active model; answers at once.",
+        "/health": {"get": {"operationId": "health", "tags": ["Agent"],
+                            "summary": "Liveness and the active model; answers at once.",
                             "responses": {"200": _json("Health")}}},
         "/openapi.json": {"get": {"operationId": "openapi", "tags": ["Agent"], "summary": "This document.",
-                                  "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}}},
-        "/v1/models": {"get": {"operationId": "listModels", "tags": ["OpenAI"], "summary": "Installed, ready variants by variant key.",
+                                  "responses": {"200": {"description": "OK",
+                                                        "content": _json_content({"type": "object"})}}}},
+        "/v1/models": {"get": {"operationId": "listModels", "tags": ["OpenAI"],
+                               "summary": "Installed, ready variants by variant key.",
                                "security": [{"apiKey": []}, {}],
                                "responses": {"200": _json("ListModelsResponse"), **_openai_errors(401, 403)}}},
         "/v1/models/{model}": {"get": {"operationId": "retrieveModel", "tags": ["OpenAI"],
-                                       "summary": "One model by variant key or bare model id.", "parameters": [model_path],
+                                       "summary": "One model by variant key or bare model id.",
+                                       "parameters": [model_path],
                                        "security": [{"apiKey": []}, {}],
                                        "responses": {"200": _json("Model"), **_openai_errors(401, 403, 404)}}},
         "/v1/chat/completions": _generation("createChatCompletion", "A chat answer, streamed (SSE) or not.",
@@ -216,10 +231,12 @@ def openapi_document(version: str) -> dict[str, Any]:
                                    "MessagesRequest", "AnthropicMessageResponse", stream=True),
         "/v1/messages/count_tokens": _anthropic("countMessageTokens", "Prompt tokens of a Messages request.",
                                                 "CountTokensRequest", "AnthropicTokenCount", stream=False),
-        "/v1/responses": _generation("createResponse", "OpenAI Responses API, stateless: a response, streamed (SSE) or not.",
+        "/v1/responses": _generation("createResponse",
+                                     "OpenAI Responses API, stateless: a response, streamed (SSE) or not.",
                                      "CreateResponse", "Response", named_events=True),
         "/api/status": {"get": _api_get("status", "What the agent is doing.", "StatusResult")},
-        "/api/search": {"get": _api_get("search", "ONNX models on the Hub: chat (text generation) or embed.", "SearchResult", [
+        "/api/search": {"get": _api_get("search", "ONNX models on the Hub: chat (text generation) or embed.",
+                                        "SearchResult", [
             _param("q", "query", {"type": "string", "examples": ["qwen"]}), _param("limit", "query", LIMIT),
             _param("kind", "query", {"enum": ["chat", "embed"], "default": "chat"})])},
         "/api/models/{model_id}/files": {"get": _api_get("modelFiles", "Quantizations a repo offers and their sizes.",
@@ -230,10 +247,13 @@ def openapi_document(version: str) -> dict[str, Any]:
         "/api/installed/{key}": {"delete": {**_api_get("deleteVariant", "Remove a variant (shared files are kept).",
                                                        "Deleted", [_param("key", "path", {"type": "string"})])}},
         "/api/downloads": {"get": _api_get("listDownloads", "Downloads in progress.", "Downloads"),
-                           "post": _api_post("startDownload", "Start (or join) a download.", "Download", "JobAccepted")},
-        "/api/downloads/{job_id}": {"delete": _api_get("cancelDownload", "Cancel a download; bytes are kept for a resume.",
+                           "post": _api_post("startDownload", "Start (or join) a download.", "Download",
+                                             "JobAccepted")},
+        "/api/downloads/{job_id}": {"delete": _api_get("cancelDownload",
+                                                       "Cancel a download; bytes are kept for a resume.",
                                                        "Cancelled", [_param("job_id", "path", {"type": "string"})])},
-        "/api/activate": {"post": _api_post("activate", "Make a variant the active model and load it.", "Activate", "JobAccepted")},
+        "/api/activate": {"post": _api_post("activate", "Make a variant the active model and load it.", "Activate",
+                                            "JobAccepted")},
         "/api/hardware": {"get": _api_get("hardware", "OS, CPU, RAM, GPUs, providers and free disk.", "HardwareInfo")},
     }
     components = _components()
@@ -246,10 +266,12 @@ def openapi_document(version: str) -> dict[str, Any]:
         "components": {
             "schemas": components,
             "securitySchemes": {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "http.api_key or HFLOCAL_API_KEY, when set"},
+                "apiKey": {"type": "http", "scheme": "bearer",
+                           "description": "http.api_key or HFLOCAL_API_KEY, when set"},
                 "anthropicKey": {"type": "apiKey", "in": "header", "name": "x-api-key",
                                  "description": "the same key, as Anthropic's clients send it"},
-                "agentToken": {"type": "http", "scheme": "bearer", "description": "the token in agent.json (or the page's cookie)"},
+                "agentToken": {"type": "http", "scheme": "bearer",
+                               "description": "the token in agent.json (or the page's cookie)"},
             },
         },
     }

@@ -28,9 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from quart import Blueprint, Response, request
+from quart import Blueprint, Response
 
 from agent.http import sse
+from agent.http.body import read_body
 from agent.http.errors import from_exception
 from agent.http.replies import json_response
 from agent.http.responses_api_schemas import ResponsesRequest, to_chat
@@ -42,7 +43,7 @@ blueprint = Blueprint("responses_api", __name__)
 
 @blueprint.post("/responses")
 async def create_response() -> Response:
-    req = decode_strict(await request.get_data(as_text=False), ResponsesRequest, "the Responses API")
+    req = decode_strict(await read_body(), ResponsesRequest, "the Responses API")
     chat = to_chat(req)
     turn = await prepare(chat, param="input")
     answer = _Answer(req, turn.model)

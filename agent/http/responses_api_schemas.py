@@ -149,7 +149,8 @@ def _check_options(req: ResponsesRequest) -> None:
         (req.store is True, "store", "hflocal's Responses API is stateless: it stores nothing (send store: false)"),
         (req.previous_response_id is not None, "previous_response_id",
          "hflocal stores no responses: send the whole conversation in 'input' instead of previous_response_id"),
-        (req.conversation is not None, "conversation", "hflocal stores no conversations: send the whole conversation in 'input'"),
+        (req.conversation is not None, "conversation",
+         "hflocal stores no conversations: send the whole conversation in 'input'"),
         (bool(req.background), "background", "background responses are not supported by hflocal"),
         (req.prompt is not None, "prompt", "stored prompt templates are not supported by hflocal"),
         (req.truncation == "auto", "truncation", "truncation 'auto' is not supported: hflocal never drops input"),
@@ -206,8 +207,10 @@ def _messages(req: ResponsesRequest) -> list[schemas.ChatMessage]:
             if not item.call_id or not item.name or item.arguments is None:
                 raise invalid_request("a function_call item needs 'call_id', 'name' and 'arguments'", param=where)
             if item.namespace:
-                raise invalid_request("namespaced function calls are not supported by hflocal", param=f"{where}.namespace")
-            call = schemas.ToolCall(id=item.call_id, function=schemas.FunctionCall(name=item.name, arguments=item.arguments))
+                raise invalid_request("namespaced function calls are not supported by hflocal",
+                                      param=f"{where}.namespace")
+            function = schemas.FunctionCall(name=item.name, arguments=item.arguments)
+            call = schemas.ToolCall(id=item.call_id, function=function)
             last = out[-1] if out else None
             if last is not None and last.role == "assistant":
                 last.tool_calls = [*(last.tool_calls or ()), call]  # one assistant turn: text, then its calls

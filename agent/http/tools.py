@@ -112,7 +112,7 @@ class ToolCallParser:
         self.cut = self._streamer.complete < len(streamed)
         calls = _parse_calls(held, self._fmt)
         if streamed:
-            same = len(calls) == len(streamed) and all(c.name == s[1] for c, s in zip(calls, streamed))
+            same = len(calls) == len(streamed) and all(c.name == s[1] for c, s in zip(calls, streamed, strict=True))
             return "", [ParsedToolCall(id=s[0], name=s[1], arguments=_exact(s[2], calls[i].arguments) if same else s[2])
                         for i, s in enumerate(streamed)]
         if not calls:
@@ -201,7 +201,8 @@ class CallStreamer:
         merged: list[CallDelta] = []
         for delta in out:  # one arguments piece per call per scan
             last = merged[-1] if merged else None
-            if last is not None and delta.id is None and last.index == delta.index and (last.id is None or not last.arguments):
+            same_call = last is not None and delta.id is None and last.index == delta.index
+            if last is not None and same_call and (last.id is None or not last.arguments):
                 merged[-1] = CallDelta(last.index, last.id, last.name, last.arguments + delta.arguments)
             else:
                 merged.append(delta)
