@@ -170,7 +170,7 @@ def test_langchain_bind_tools_and_structured_output(server: LiveServer) -> None:
     llm = ChatOpenAI(base_url=server.base_url, api_key="unused", model="", max_tokens=600,  # type: ignore[arg-type]
                      max_retries=0, timeout=120)
 
-    class get_weather(BaseModel):  # noqa: N801 - a tool's name, as the model sees it
+    class get_weather(BaseModel):  # lower case: a tool's name, as the model sees it
         """Weather now in a city, in celsius or fahrenheit."""
 
         city: str = Field(max_length=16)
