@@ -20,12 +20,16 @@ What the child writes into ``dest``:
 A tied lm_head is exported by optimum as ``MatMul(x, Transpose(embed))``; the quantizers leave it in
 float (it shares the embedding's bytes, and a float head keeps greedy answers intact, FACTS §3).
 Graphs over ~1.8 GB keep their weights in ``<file>_data`` beside them (the protobuf limit is 2 GB).
+For a checkpoint that large (as float32) optimum's post-processing, which folds the tied head back
+onto the embedding, cannot serialise the graph and fails; it is skipped there, and the head stays a
+separate (transposed) initializer that the quantizers quantize like any other matrix.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -149,6 +153,22 @@ def _check_source(source: Path) -> None:
         raise CheckpointExportError(f"{config_path} has no model_type", "unsupported")
 
 
+def fp32_bytes(source: Path) -> int:
+    """The checkpoint's weights as float32 (what the export writes), from its safetensors headers."""
+    total = 0
+    for path in source.glob("*.safetensors"):
+        try:
+            with path.open("rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(size)) if 0 < size <= 100_000_000 else {}
+        except (OSError, ValueError):
+            continue  # unreadable here: the export names the file
+        for name, tensor in header.items() if isinstance(header, dict) else ():
+            if name != "__metadata__" and isinstance(tensor, dict):
+                total += 4 * math.prod(int(d) for d in tensor.get("shape", []))
+    return total
+
+
 def _export(source: Path, dest: Path, quants: Sequence[str], report: Progress) -> None:
     """The export proper; imports torch/optimum (only ever in the child process)."""
     import logging
@@ -166,7 +186,8 @@ def _export(source: Path, dest: Path, quants: Sequence[str], report: Progress) -
         exported = Path(tmp)
         try:
             main_export(str(source), output=exported, task="text-generation-with-past", device="cpu",
-                        do_validation=False, local_files_only=True)
+                        do_validation=False, local_files_only=True,
+                        no_post_process=fp32_bytes(source) > EXTERNAL_DATA_ABOVE)
         except (ValueError, KeyError, NotImplementedError) as exc:
             reason = str(exc).strip().split("\n\n")[0]  # the cause, without transformers' upgrade advice
             raise CheckpointExportError(f"optimum cannot export {source.name}: {reason}", "unsupported") from None

@@ -177,3 +177,35 @@ def test_a_checkpoint_optimum_cannot_export(
     assert line.startswith("hflocal: import failed:") and "no-such-architecture" in line, line
     assert "\n" not in line and "Traceback" not in line
     assert json.loads(cli("ls", "--json", home=agent.home).stdout)["models"] == []
+
+
+def _safetensors_header_only(path: Path, tensors: dict[str, tuple[str, list[int], int]]) -> None:
+    """A safetensors file whose header declares ``tensors`` (dtype, shape, bytes); the data is a
+    sparse hole, so a multi-GB checkpoint costs nothing on disk."""
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, (dtype, shape, nbytes) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header).encode()
+    with path.open("wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        f.truncate(8 + len(raw) + offset)
+
+
+def test_post_processing_is_skipped_only_for_checkpoints_past_the_protobuf_limit(tmp_path: Path) -> None:
+    """optimum's tied-weight post-processing cannot serialise a graph over 2 GB (a 1B model): the
+    export skips it there, judged by the float32 size of the weights, not by the file's bf16 size."""
+    from agent.convert.checkpoint import EXTERNAL_DATA_ABOVE, fp32_bytes
+
+    small, big = tmp_path / "small", tmp_path / "big"
+    small.mkdir()
+    big.mkdir()
+    _safetensors_header_only(small / "model.safetensors", {"w": ("F16", [1000, 64], 128_000)})
+    # 1.24 B bf16 parameters in two shards (2.5 GB of bf16, 5 GB as float32)
+    half = [77_500_000, 8]
+    _safetensors_header_only(big / "model-00001-of-00002.safetensors", {"a": ("BF16", half, 1_240_000_000)})
+    _safetensors_header_only(big / "model-00002-of-00002.safetensors", {"b": ("BF16", half, 1_240_000_000)})
+    (big / "notes.safetensors").write_bytes(b"\xff" * 8)  # garbage header: ignored, not fatal
+    assert fp32_bytes(small) == 4 * 64_000 < EXTERNAL_DATA_ABOVE
+    assert fp32_bytes(big) == 2 * 4 * 620_000_000 > EXTERNAL_DATA_ABOVE
