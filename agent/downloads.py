@@ -44,7 +44,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from huggingface_hub import hf_hub_download
 from huggingface_hub.file_download import repo_folder_name
 
@@ -95,27 +94,19 @@ class Downloads:
         settings: Settings,
         publish: Callable[[Event], None],
         *,
-        session: str = "",
         disk_margin_bytes: int = DEFAULT_DISK_MARGIN,
         backoff_s: float = 1.0,
     ) -> None:
         install_hook()
         self.store, self.paths, self.settings = store, paths, settings
-        self._publish = publish
-        self.session = session
+        self.emit = publish
+        """Publish an event (the worker's ``Publisher.publish``, which stamps it and never raises)."""
         self.disk_margin_bytes = disk_margin_bytes
         self.backoff_s = backoff_s
         self.warnings: list[str] = []
         self._closed = False
         self._jobs: dict[str, DownloadJob] = {}
         self._lock = threading.Lock()
-
-    def emit(self, event: Event) -> None:
-        """Publish ``event`` stamped with this worker's session and the time; never raises."""
-        try:
-            self._publish(msgspec.structs.replace(event, session=self.session, time=time.time()))
-        except Exception:
-            log.exception("publishing %s failed", type(event).__name__)
 
     def _models_changed(self) -> None:
         self.emit(ModelsChanged(keys=[e.key for e in self.store.list()]))

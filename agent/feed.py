@@ -1,9 +1,10 @@
 """In-process fan-out of the worker's events, for the settings page's event stream (SSE).
 
-``Runtime.publish`` hands every event to the ZeroMQ publisher *and* to an ``EventFeed``, so the
+The worker's one ``ipc.publisher.Publisher`` stamps every event once and delivers it, on the event
+loop's thread, to the ZeroMQ socket *and* to an ``EventFeed`` (``deliver`` is that sink), so the
 HTTP side can relay events without a ZeroMQ round trip. What a caller may rely on:
 
-- ``publish`` is safe from any thread (downloads publish from their own threads) and never blocks.
+- ``deliver`` runs on the feed's loop only (the publisher has already hopped there) and never blocks.
 - Each subscriber has its own bounded queue. A subscriber that falls behind loses the queued events
   and receives ``RESYNC`` instead, meaning "re-read the state" (as ZeroMQ subscribers re-sync from
   ``status``); it never makes the worker wait or grow memory.
@@ -13,10 +14,7 @@ HTTP side can relay events without a ZeroMQ round trip. What a caller may rely o
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Final, Self
-
-import msgspec
 
 from ipc.messages import Event
 
@@ -75,9 +73,7 @@ class Subscription:
 class EventFeed:
     """Fan-out of stamped events to in-process subscribers on one event loop."""
 
-    def __init__(self, session: str, loop: asyncio.AbstractEventLoop, queue_size: int = QUEUE_SIZE) -> None:
-        self.session = session
-        self._loop = loop
+    def __init__(self, queue_size: int = QUEUE_SIZE) -> None:
         self._queue_size = queue_size
         self._subscribers: set[Subscription] = set()
         self.closed = False
@@ -94,22 +90,10 @@ class EventFeed:
     def subscribers(self) -> int:
         return len(self._subscribers)
 
-    def publish(self, event: Event) -> None:
-        """Deliver ``event`` (``session``/``time`` filled in) to every subscriber; any thread."""
-        if self.closed or not self._subscribers:
-            return
-        stamped = msgspec.structs.replace(event, session=self.session, time=time.time())
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self._deliver(stamped)
-        elif not self._loop.is_closed():
-            try:
-                self._loop.call_soon_threadsafe(self._deliver, stamped)
-            except RuntimeError:
-                pass  # the loop is shutting down; nobody is left to tell
+    def deliver(self, event: Event) -> None:
+        """Queue the (already stamped) ``event`` for every subscriber; on the feed's loop only."""
+        if not self.closed:
+            self._deliver(event)
 
     def _deliver(self, item: Event | None) -> None:
         for sub in list(self._subscribers):

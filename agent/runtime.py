@@ -12,7 +12,6 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,10 @@ from agent.imports import Imports
 from agent.paths import Paths
 from agent.pool import ModelPool, ModelUnavailableError, ResolvedVariant, UnknownModelError
 from agent.settings import Settings
-from agent.store import Store, VariantEntry
+from agent.store import AmbiguousNameError, Store, VariantEntry
 from agent.variants import InvalidNameError
 from ipc.messages import Event, Message, ModelActivated, Request, WorkerStatus
+from ipc.publisher import Publisher
 
 
 def _created(entry: VariantEntry) -> int:
@@ -75,7 +75,9 @@ class StoreCatalog:
 
     def resolve(self, name: str) -> ResolvedVariant:
         try:
-            entry = self.store.lookup(name)
+            entry = self.store.resolve(name)
+        except AmbiguousNameError as exc:
+            raise UnknownModelError(name, exc.message) from None
         except (AgentError, InvalidNameError):
             raise UnknownModelError(name) from None
         if entry.status != "ready":
@@ -100,7 +102,7 @@ class Runtime:
         self,
         paths: Paths,
         settings: Settings,
-        publish: Callable[[Event], None],
+        events: Publisher,
         *,
         session: str,
         http_url: str,
@@ -109,14 +111,16 @@ class Runtime:
     ) -> None:
         self.paths = paths
         self.settings = settings
-        self._publish_out = publish
+        self.events = events
         self.session = session
         self.http_url = http_url
         self.started = started
         self.stop = stop
         self.warnings: list[str] = []
-        self.feed = EventFeed(session, asyncio.get_running_loop())
-        """The same events, in process: the settings page's event stream reads them here."""
+        self.feed = EventFeed()
+        """The same events, in process: the settings page's event stream reads them here (not the
+        worker's own heartbeat, which only goes out on ZeroMQ)."""
+        events.add_sink(self.feed.deliver, skip=("worker.",))
         self.store = Store(paths)
         self.warnings.extend(self.store.warnings)
         for warning in self.store.warnings:
@@ -136,9 +140,9 @@ class Runtime:
         self._quickstart: asyncio.Future[str | None] | None = None
 
     def publish(self, event: Event) -> None:
-        """Publish ``event`` on ZeroMQ and to in-process subscribers (``feed``); any thread."""
-        self._publish_out(event)
-        self.feed.publish(event)
+        """Publish ``event`` on ZeroMQ and to in-process subscribers (``feed``); any thread. Stamped
+        and handed to the loop once, by ``events``."""
+        self.events.publish(event)
 
     # ------------------------------------------------------------------ requests
 

@@ -211,7 +211,7 @@ async def _main(paths: Paths, settings: Settings, options: WorkerOptions) -> int
     try:
         try:
             publisher = EventPublisher(ctx, settings.zmq.events, session)
-            runtime = Runtime(paths, settings, publisher.publish, session=session, http_url=http_url, started=started, stop=stop)
+            runtime = Runtime(paths, settings, publisher.events, session=session, http_url=http_url, started=started, stop=stop)
             server = RequestServer(ctx, settings.zmq.request, token, runtime.handle)
         except BindError as exc:
             raise StartupError(str(exc)) from None

@@ -9,6 +9,9 @@ every topic frame starts with the per-run ``event_key`` from ``agent.json`` (mod
 socket (an XPUB in manual mode) applies only subscriptions that start with that key: subscribe to
 ``<event_key>download.`` for the ``download.*`` events. Any other subscription (``""`` included)
 is ignored, so a subscriber without the key receives nothing at all.
+
+``EventPublisher.events`` is the worker's one ``ipc.publisher.Publisher``: it stamps each event once
+and hops to the loop once; the socket is its first sink, and the worker adds the in-process feed.
 """
 
 from __future__ import annotations
@@ -26,11 +29,13 @@ import zmq
 import zmq.asyncio
 
 from ipc.messages import AnyEvent, Event, encode, event_decoder, topic_of
+from ipc.publisher import Publisher
 from ipc.server import bind
 
 
 class EventPublisher:
-    """Publishes events from any thread: the socket itself is only touched on the loop's thread."""
+    """The events socket. ``publish`` works from any thread (through ``events``, which stamps and
+    hops to the loop); the socket itself is only touched on the loop's thread."""
 
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, session: str, *, key: str | None = None) -> None:
         self.key = key or secrets.token_hex(16)
@@ -41,8 +46,9 @@ class EventPublisher:
         self._socket.setsockopt(zmq.SNDHWM, 10_000)
         self._socket.setsockopt(zmq.XPUB_MANUAL, 1)
         self.endpoint = bind(self._socket, endpoint, "event")
-        self.session = session
-        self._loop = asyncio.get_running_loop()
+        self.events = Publisher(session, asyncio.get_running_loop())
+        """Stamps and delivers every event; the socket is its first sink."""
+        self.events.add_sink(self._send)
         self._closed = False
         self.refused = 0
         """Subscriptions ignored because they did not start with the key."""
@@ -66,25 +72,20 @@ class EventPublisher:
             with contextlib.suppress(zmq.ZMQError):
                 self._socket.setsockopt(option, message[1:])
 
-    def publish(self, event: Event) -> None:
-        """Publish ``event`` (its ``session``/``time`` are filled in). Safe from any thread."""
-        stamped = msgspec.structs.replace(event, session=self.session, time=time.time())
-        frames = [self._key + topic_of(stamped).encode(), encode(stamped)]
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is self._loop:
-            self._send(frames)
-        elif not self._loop.is_closed():
-            try:
-                self._loop.call_soon_threadsafe(self._send, frames)
-            except RuntimeError:
-                pass  # the loop is shutting down; nobody is left to tell
+    @property
+    def session(self) -> str:
+        return self.events.session
 
-    def _send(self, frames: list[bytes]) -> None:
+    def publish(self, event: Event) -> None:
+        """Publish ``event`` (``session``/``time`` filled in) to the socket and the other sinks;
+        safe from any thread, never raises."""
+        self.events.publish(event)
+
+    def _send(self, event: Event) -> None:
+        """Send a stamped event (the publisher's sink, on the loop's thread)."""
         if self._closed:
             return
+        frames = [self._key + topic_of(event).encode(), encode(event)]
         try:
             self._socket.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -166,7 +167,7 @@ class AsyncEventSubscriber:
         while True:
             try:
                 frames = await asyncio.wait_for(self._socket.recv_multipart(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
             event = decode_event(frames)
             if event is not None:

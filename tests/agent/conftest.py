@@ -15,10 +15,13 @@ from agent.paths import Paths
 from agent.settings import HubSettings, Settings
 from agent.store import Store
 from ipc.messages import Event
+from ipc.publisher import Publisher
 from tests.hubserver.fixtures import hf_env, hub, hub_repos  # noqa: F401  (fixtures)
 from tests.hubserver.storage import HubRepos
 
 MODEL = "onnx-community/Tiny-Instruct"
+SESSION = "test-session"
+"""The session the downloads' events are stamped with (by a real ``Publisher``, as in the worker)."""
 
 
 def blob(seed: str, size: int) -> bytes:
@@ -111,7 +114,9 @@ def make_downloads(
     def make(p: Paths | None = None, **kwargs: object) -> tuple[Store, Downloads]:
         store = Store(p or paths)
         options: dict = {"disk_margin_bytes": 0, "backoff_s": 0.05, **kwargs}
-        d = Downloads(store, p or paths, settings, events, **options)
+        publisher = Publisher(SESSION)  # no loop: the log receives each event on the publishing thread
+        publisher.add_sink(events)
+        d = Downloads(store, p or paths, settings, publisher.publish, **options)
         made.append(d)
         return store, d
 

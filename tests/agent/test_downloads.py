@@ -27,7 +27,7 @@ from ipc.messages import (
     DownloadStarted,
     ModelsChanged,
 )
-from tests.agent.conftest import MODEL, EventLog, onnx_repo_files
+from tests.agent.conftest import MODEL, SESSION, EventLog, onnx_repo_files
 from tests.hubserver import DEFAULT_TOKEN, HubRepos, HubServer
 
 Make = Callable[..., tuple[Store, Downloads]]
@@ -82,7 +82,7 @@ def test_progress_is_rate_limited(make_downloads: Make, tiny_repo: dict[str, byt
     assert min(gaps) >= 0.15
     rates = [e.rate_bps for e in events.all(DownloadProgress, job.job_id)]
     assert 200_000 < max(rates) < 3_000_000
-    assert all(e.session == "" and e.time > 0 for e in events.all(job_id=job.job_id))
+    assert all(e.session == SESSION and e.time > 0 for e in events.all(job_id=job.job_id))
 
 
 def test_same_variant_twice_is_one_job_and_two_variants_run_together(
