@@ -218,8 +218,7 @@ async def cancel_download(rt: Runtime, req: CancelDownload) -> Cancelled:
 async def delete(rt: Runtime, req: Delete) -> Deleted:
     """Delete a variant and the files no other variant uses; a running download of it is cancelled
     first, and if it was the active model no model is active afterwards."""
-    key = str(VariantKey.parse(req.key))
-    rt.store.require(key)
+    key = rt.store.resolve(req.key).key
     await rt.pool.forget(key)
     freed = await off_loop(rt.downloads.delete, key)
     rt.publish(ModelsChanged(keys=[e.key for e in rt.store.list()]))
@@ -229,9 +228,10 @@ async def delete(rt: Runtime, req: Delete) -> Deleted:
 @_names
 async def activate(rt: Runtime, req: Activate) -> JobAccepted:
     """Make a ready variant active (remembered) and load it in the background."""
-    entry = rt.store.lookup(req.key)
+    entry = rt.store.resolve(req.key)
     if entry.status != "ready":
-        raise AgentError(f"{entry.key} is not ready ({entry.status}{': ' + entry.error if entry.error else ''})", code="conflict")
+        why = f": {entry.error}" if entry.error else ""
+        raise AgentError(f"{entry.key} is not ready ({entry.status}{why})", code="conflict")
     job_id = rt.activate(entry.key)
     return JobAccepted(job_id=job_id, key=entry.key)
 

@@ -31,10 +31,10 @@ from typing import Any, Literal
 import msgspec
 
 from agent.cache_files import remove_files, scan_variants
-from agent.errors import NotFoundError
+from agent.errors import BadRequestError, NotFoundError
 from agent.model_kinds import Kind
 from agent.paths import Paths
-from agent.variants import QUANTIZATIONS, InvalidNameError, VariantKey, looks_like_key, validate_model_id
+from agent.variants import KEY_PREFIX, InvalidNameError, VariantKey, looks_like_key, validate_model_id
 from ipc.messages import InstalledModel
 
 MANIFEST_VERSION = 1
@@ -126,6 +126,14 @@ class _Manifest(msgspec.Struct, kw_only=True):
     variants: dict[str, VariantEntry] = msgspec.field(default_factory=dict)
 
 
+class AmbiguousNameError(BadRequestError):
+    """A partial name matching several variants, none active; ``keys`` are theirs, sorted."""
+
+    def __init__(self, name: str, keys: list[str]) -> None:
+        super().__init__(f"{name!r} has several variants, name one: {', '.join(keys)}")
+        self.keys = keys
+
+
 OUTSIDE = "path outside the store"
 """The error of an entry whose folder is not under the cache (or imported) folder now, e.g. after
 ``cache_dir`` changed; it is ready again once the folder is inside again and its files are whole."""
@@ -170,34 +178,29 @@ class Store:
         """Entries left ``downloading`` (by a killed or stopped worker), to be resumed."""
         return [e for e in self.list() if e.status == "downloading"]
 
-    def lookup(self, name: str) -> VariantEntry:
-        """Resolve what a user typed: a full variant key; ``org/name::quant`` (that quantization on
-        whichever device it was installed for, ``auto`` preferred); or a bare model id (the active
-        variant if it is of that model, else its first ready variant in q4, q8, fp16, fp32 order).
-        Raises ``NotFoundError`` (or ``InvalidNameError`` for malformed names)."""
+    def resolve(self, name: str) -> VariantEntry:
+        """The entry ``name`` means, whatever its status: the one resolver behind every door. A full
+        key means that variant; ``org/name::quant`` or a bare ``org/name`` the one variant it matches,
+        or of several the active one, else ``AmbiguousNameError`` (docs/protocol.md, "Model names").
+        ``NotFoundError`` when nothing matches, ``InvalidNameError`` for a malformed name."""
         with self._lock:
             if looks_like_key(name):
                 key = VariantKey.parse(name)
-                exact = self._variants.get(str(key))
-                has_device = len(name.removeprefix("huggingface-local/").split("::")) == 3
-                if exact is not None or has_device:
+                if name.removeprefix(KEY_PREFIX).count("::") == 2:
                     return self.require(str(key))
-                matches = [e for e in self._variants.values()
-                           if e.model_id == key.model_id and e.quantization == key.quantization]
-                return self._pick(matches, name)
-            validate_model_id(name)
-            return self._pick([e for e in self._variants.values() if e.model_id == name], name)
-
-    def _pick(self, candidates: builtins.list[VariantEntry], name: str) -> VariantEntry:
-        ready = [e for e in candidates if e.status == "ready"]
-        if not ready:
-            if candidates:
-                raise NotFoundError(f"{name} is not ready ({candidates[0].status})")
-            raise NotFoundError(f"{name} is not installed (download it first)")
-        active = [e for e in ready if e.key == self._active]
-        order = {"auto": 0}
-        return (active or sorted(ready, key=lambda e: (
-            QUANTIZATIONS.index(e.quantization), order.get(e.device, 1), e.key)))[0]
+                model_id, quant = key.model_id, key.quantization
+            else:
+                model_id, quant = validate_model_id(name), None
+            matches = [e for k, e in sorted(self._variants.items())
+                       if e.model_id == model_id and quant in (None, e.quantization)]
+            if len(matches) == 1:
+                return matches[0]
+            if not matches:
+                raise NotFoundError(f"{name!r} is not installed; `hflocal ls` lists what is")
+            active = [e for e in matches if e.key == self._active]
+            if active:
+                return active[0]
+            raise AmbiguousNameError(name, [e.key for e in matches])
 
     @property
     def active(self) -> str | None:
@@ -236,8 +239,7 @@ class Store:
         with self._lock:
             entry = self._variants.pop(key, None)
             if entry is not None:
-                if self._active == key:
-                    self._active = None
+                self._active = None if self._active == key else self._active
                 self._save()
             return entry
 

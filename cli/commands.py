@@ -22,7 +22,6 @@ from ipc.messages import (
     Download,
     Hardware,
     ImportModel,
-    InstalledResult,
     ListInstalled,
     ModelFiles,
     Request,
@@ -128,7 +127,9 @@ def show(args: argparse.Namespace, result: Any, printer: Callable[[Any], None]) 
     return 0
 
 
-def ask(args: argparse.Namespace, request: Request, printer: Callable[[Any], None], timeout: float | None = None) -> int:
+def ask(
+    args: argparse.Namespace, request: Request, printer: Callable[[Any], None], timeout: float | None = None
+) -> int:
     """The plain commands: one request to the agent, its result shown."""
     with connect(args) as client:
         result = call(client, request, timeout=timeout)
@@ -136,7 +137,8 @@ def ask(args: argparse.Namespace, request: Request, printer: Callable[[Any], Non
 
 
 def search(args: argparse.Namespace) -> int:
-    return ask(args, Search(query=args.query, limit=args.limit, kind=args.kind), output.print_search, max(args.timeout, 60))
+    request = Search(query=args.query, limit=args.limit, kind=args.kind)
+    return ask(args, request, output.print_search, max(args.timeout, 60))
 
 
 def files(args: argparse.Namespace) -> int:
@@ -156,26 +158,9 @@ def ls(args: argparse.Namespace) -> int:
     return ask(args, ListInstalled(), output.print_installed)
 
 
-def _resolve_key(client: Client, name: str) -> str:
-    """A full variant key for ``name``: itself if it is a full key, else the only installed variant of
-    that model id (``org/name``) or of that model id and quantization (``org/name::q4``)."""
-    body = name.removeprefix("huggingface-local/")
-    if body.count("::") >= 2:
-        return name
-    model_id, _, quant = body.partition("::")
-    installed: InstalledResult = call(client, ListInstalled())
-    matches = [m.key for m in installed.models if m.model_id == model_id and quant in ("", m.quantization)]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise CliError(f"{name!r} is not installed; `hflocal ls` lists what is", code="not_found")
-    raise CliError(f"{name!r} has several variants, name one: " + ", ".join(matches), code="bad_request")
-
-
 def rm(args: argparse.Namespace) -> int:
-    with connect(args) as client:
-        key = _resolve_key(client, args.key)
-        result = call(client, Delete(key=key), timeout=max(args.timeout, 60))
+    with connect(args) as client:  # the name as typed: the agent resolves it (docs/protocol.md, "Model names")
+        result = call(client, Delete(key=args.key), timeout=max(args.timeout, 60))
     return show(args, result, lambda r: print(f"deleted {r.key} ({output.human_bytes(r.freed_bytes)} freed)"))
 
 
@@ -183,8 +168,7 @@ def use(args: argparse.Namespace) -> int:
     from cli.progress import follow_activation
 
     with connect(args) as client:
-        key = _resolve_key(client, args.key)
-        return follow_activation(client, key, wait=not args.no_wait, as_json=args.json)
+        return follow_activation(client, args.key, wait=not args.no_wait, as_json=args.json)
 
 
 def status(args: argparse.Namespace) -> int:

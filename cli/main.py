@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from agent import __version__
-
 from cli import commands
 
 Command = Callable[[argparse.Namespace], int]
@@ -96,12 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(p)
     p.set_defaults(func=commands.ls)
 
-    p = sub.add_parser("rm", help="delete an installed variant (key, or model id if only one variant)")
+    p = sub.add_parser("rm", help="delete an installed variant (key, or model id: see docs/protocol.md)")
     p.add_argument("key")
     _add_json(p)
     p.set_defaults(func=commands.rm)
 
-    p = sub.add_parser("use", help="make an installed variant the active model")
+    p = sub.add_parser("use", help="make an installed variant the active model (key, or model id)")
     p.add_argument("key")
     p.add_argument("--no-wait", action="store_true", help="return without waiting for the model to load")
     _add_json(p)
@@ -122,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="import a local GGUF file, checkpoint folder or ONNX folder")
     p.add_argument("path", type=Path)
-    p.add_argument("--quant", action="append", choices=["q4", "q8", "fp16", "fp32"], help="repeatable; default: q4 for a GGUF or checkpoint, every one an ONNX folder has")
+    p.add_argument("--quant", action="append", choices=["q4", "q8", "fp16", "fp32"],
+                   help="repeatable; default: q4 for a GGUF or checkpoint, every one an ONNX folder has")
     p.add_argument("--name", help="model id to install it as (org/name)")
     _add_json(p)
     p.set_defaults(func=commands.import_model)
@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", nargs="?")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--max-tokens", type=int,
-                   help="most tokens per answer (default: the agent's default_max_tokens, cut to what the context leaves)")
+                   help="most tokens per answer (default: the agent's default_max_tokens, "
+                        "cut to what the context leaves)")
     p.add_argument("--temperature", type=float)
     p.add_argument("--json", action="store_true",
                    help="one JSON line per answer ({model, question, answer, completed}), errors as JSON lines")

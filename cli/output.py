@@ -29,9 +29,9 @@ def human_seconds(s: float | None) -> str:
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     for row in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)).rstrip())
     return "\n".join(lines)
 
 
@@ -58,7 +58,8 @@ def print_search(result: SearchResult) -> None:
 def print_files(result: ModelFilesResult) -> None:
     kind = "embedding model" if result.kind == "embed" else "chat model"
     print(f"{result.model_id} @ {result.commit[:12]} ({kind}){'  (gated: needs HF_TOKEN)' if result.gated else ''}")
-    rows = [[o.quantization, human_bytes(o.size), str(len(o.files)), "installed" if o.installed else ""] for o in result.options]
+    rows = [[o.quantization, human_bytes(o.size), str(len(o.files)), "installed" if o.installed else ""]
+            for o in result.options]
     print(table(rows, ["QUANT", "SIZE", "FILES", ""]))
 
 
@@ -98,7 +99,8 @@ def print_status(s: StatusResult) -> None:
 
 def print_hardware(h: HardwareInfo) -> None:
     print(f"os         {h.os} ({h.arch})")
-    cores = f"{h.cores_physical} physical / {h.cores_logical} logical" if h.cores_physical else f"{h.cores_logical} logical"
+    cores = (f"{h.cores_physical} physical / {h.cores_logical} logical" if h.cores_physical
+             else f"{h.cores_logical} logical")
     print(f"cpu        {h.cpu}, {cores}")
     print(f"ram        {human_bytes(h.ram_available)} free of {human_bytes(h.ram_total)}")
     for g in h.gpus:

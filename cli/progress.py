@@ -225,7 +225,8 @@ def follow_import(client: Client, request: ImportModel, *, as_json: bool) -> int
                     if bar is not None:
                         bar.close()
                     stage = event.stage
-                    bar = tqdm(total=event.total or None, desc=stage, file=sys.stderr, disable=as_json or not sys.stderr.isatty())
+                    bar = tqdm(total=event.total or None, desc=stage, file=sys.stderr,
+                               disable=as_json or not sys.stderr.isatty())
                 bar.n = event.done
                 bar.refresh()
             elif isinstance(event, ImportFinished):

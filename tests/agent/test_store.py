@@ -12,7 +12,7 @@ import pytest
 
 from agent.errors import NotFoundError
 from agent.paths import Paths
-from agent.store import Store, VariantEntry, new_entry
+from agent.store import AmbiguousNameError, Store, VariantEntry, new_entry
 from agent.variants import InvalidNameError
 from tests.agent.conftest import make_cache_repo, onnx_repo_files
 
@@ -56,17 +56,50 @@ def test_put_update_active_survive_a_restart(paths: Paths, tmp_path: Path) -> No
     assert again.active == entry.key
     installed = again.installed()
     assert installed[0].active and installed[0].source == "import" and installed[0].device == "cpu"
-    assert again.lookup("me/mine").key == entry.key
-    assert again.lookup("huggingface-local/me/mine::q4::cpu").key == entry.key
-    assert again.lookup("me/mine::q4").key == entry.key  # no device part: whichever is installed
+    assert again.resolve("me/mine").key == entry.key
+    assert again.resolve("huggingface-local/me/mine::q4::cpu").key == entry.key
+    assert again.resolve("me/mine::q4").key == entry.key  # no device part: whichever is installed
     with pytest.raises(NotFoundError):
-        again.lookup("me/mine::q4::cuda")
+        again.resolve("me/mine::q4::cuda")
     with pytest.raises(NotFoundError):
-        again.lookup("me/mine::q8")
+        again.resolve("me/mine::q8")
     with pytest.raises(NotFoundError):
-        again.lookup("me/other")
+        again.resolve("me/other")
     with pytest.raises(NotFoundError):
         again.set_active("huggingface-local/me/other::q4::cpu")
+
+
+def test_resolve_one_match_else_the_active_else_refuse(paths: Paths) -> None:
+    """The one policy for names (docs/protocol.md "Model names"): a partial name matching one variant
+    means it whatever its status, several mean the active one, else a refusal listing them all."""
+    store, _ = installed_store(paths)  # q4 and fp32 of MODEL, device auto
+    fp32 = f"huggingface-local/{MODEL}::fp32::auto"
+    q4_cpu = new_entry(MODEL, "q4", "cpu", path=store.require(q4_key()).path, files=[], status="downloading")
+    store.put(q4_cpu)
+    with pytest.raises(AmbiguousNameError) as bare:
+        store.resolve(MODEL)
+    assert bare.value.code == "bad_request" and bare.value.keys == sorted([fp32, q4_key(), q4_cpu.key])
+    assert str(bare.value) == f"'{MODEL}' has several variants, name one: " + ", ".join(sorted(bare.value.keys))
+    with pytest.raises(AmbiguousNameError) as quant:
+        store.resolve(f"{MODEL}::q4")  # no device part: any device, so the auto and the cpu one
+    assert quant.value.keys == sorted([q4_key(), q4_cpu.key])
+    assert store.resolve(f"{MODEL}::fp32").key == fp32
+    assert store.resolve(f"{MODEL}::q4::cpu") is store.require(q4_cpu.key)  # not ready: still what it names
+    with pytest.raises(NotFoundError, match="is not installed"):
+        store.resolve("someone/not-here")
+    with pytest.raises(InvalidNameError):
+        store.resolve("../etc::q4")
+
+    store.set_active(fp32)
+    assert store.resolve(MODEL).key == fp32
+    with pytest.raises(AmbiguousNameError):
+        store.resolve(f"{MODEL}::q4")  # the active one is not among these
+    store.set_active(q4_cpu.key)
+    assert store.resolve(f"{MODEL}::q4").key == q4_cpu.key == store.resolve(MODEL).key
+    store.remove(q4_cpu.key)
+    with pytest.raises(AmbiguousNameError):
+        store.resolve(MODEL)  # the active one went with it
+    assert store.resolve(f"{MODEL}::q4").key == q4_key()
 
 
 def msgspec_fields(entry: VariantEntry) -> dict:
