@@ -127,6 +127,23 @@ async def test_lru_unloads_the_least_recently_used_idle_model(worlds: Worlds, mo
     assert world.pool.status().loaded == [models.a.key]
 
 
+async def test_over_the_limit_the_other_model_goes_once_idle_and_the_active_one_stays(
+        worlds: Worlds, models: Models) -> None:
+    """All models busy: the pool goes over ``max_loaded``, then trims back to the active model
+    (``agent.pool.eviction.to_trim``), not to whichever was used least recently."""
+    world = worlds(max_loaded=1)
+    active = await world.pool.acquire(None)
+    other = await world.pool.acquire(models.b.key)  # loads although the active model is held
+    assert world.pool.status().loaded == [models.a.key, models.b.key]
+    active.release()  # idle now, but the other model is still in memory: the active one stays
+    assert world.pool.status().loaded == [models.a.key, models.b.key]
+    other.release()
+    assert world.pool.status().loaded == [models.a.key]
+    unloaded = [(e.key, e.reason) for e in world.events if type(e).__name__ == "ModelUnloaded"]  # type: ignore[attr-defined]
+    assert unloaded == [(models.b.key, "lru")]
+    await until(lambda: world.loader.closed == ["tiny-b"])
+
+
 async def test_keep_alive_unloads_idle_non_active_models_only(worlds: Worlds, models: Models) -> None:
     world = worlds(keep_alive_s=0.1, max_loaded=3)
     await reply_of(world, None)
