@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from onnx import TensorProto
+import onnx
+from onnx import TensorProto, helper
 
 from agent.convert.graph_builder import MS_DOMAIN, GraphBuilder
 from agent.convert.llama_shape import LlamaShape, rope_inv_freq
@@ -57,6 +58,8 @@ class OptimumAttention:
 
     def prepare(self, g: GraphBuilder, shape: LlamaShape, inputs: DecoderInputs) -> None:
         hd = shape.head_dim
+        if shape.rotary_dim not in (None, hd) or (shape.rope_scaling and shape.rope_scaling.rope_type == "longrope"):
+            raise ValueError("partial rotary and longrope embeddings need the fused graph")
         # Rotary tables [B, S, 1, hd]; rotate_half(x) * sin == x[..., perm] * (sign * sin).
         pos = g.op("Cast", [inputs.position_ids], name="/rope/Cast", to=TensorProto.FLOAT)
         pos = g.op("Unsqueeze", [pos, g.const([-1])], name="/rope/Unsqueeze")
@@ -131,6 +134,27 @@ class OptimumAttention:
         return str(g.op("Reshape", [out, g.const([0, 0, nh * hd])], name=f"{p}/Reshape"))
 
 
+def _rope_caches(g: GraphBuilder, shape: LlamaShape, kind: str) -> tuple[str, str]:
+    """Initializers ``rope.{kind}cos_cache`` / ``sin_cache`` (``kind`` "long_": longrope's long factors),
+    scaled by longrope's attention factor (cos and sin both: the rotation's output scales with them)."""
+    positions = np.arange(shape.max_position_embeddings, dtype=np.float64)[:, None]
+    freqs = positions * rope_inv_freq(shape, long=kind == "long_").astype(np.float64)[None, :]
+    scaling = shape.rope_scaling
+    factor = scaling.attention_factor if scaling is not None and scaling.rope_type == "longrope" else 1.0
+    cos = g.initializer(f"rope.{kind}cos_cache", (np.cos(freqs) * factor).astype(np.float32))
+    sin = g.initializer(f"rope.{kind}sin_cache", (np.sin(freqs) * factor).astype(np.float32))
+    return cos, sin
+
+
+def _pick(name: str, cos: str, sin: str) -> onnx.GraphProto:
+    """An ``If`` branch passing on two of the outer graph's caches."""
+    outs = [f"/rope/{name}/cos", f"/rope/{name}/sin"]
+    return helper.make_graph(
+        [helper.make_node("Identity", [src], [out]) for src, out in zip((cos, sin), outs, strict=True)],
+        f"rope_{name}", [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None) for out in outs],
+    )
+
+
 class FusedAttention:
     """onnxruntime's ``GroupQueryAttention`` (com.microsoft), rotary embedding included, with the same
     ``past_key_values`` → ``present`` contract as :class:`OptimumAttention` (BNSH cache, growing by
@@ -146,10 +170,9 @@ class FusedAttention:
         self._cos = self._sin = self._seqlens = self._total = self._positions = ""
 
     def prepare(self, g: GraphBuilder, shape: LlamaShape, inputs: DecoderInputs) -> None:
-        positions = np.arange(shape.max_position_embeddings, dtype=np.float64)[:, None]
-        freqs = positions * rope_inv_freq(shape).astype(np.float64)[None, :]
-        self._cos = g.initializer("rope.cos_cache", np.cos(freqs).astype(np.float32))
-        self._sin = g.initializer("rope.sin_cache", np.sin(freqs).astype(np.float32))
+        # cos/sin caches [positions, rotated/2]: narrower than head_dim/2 for a partial rotary (the
+        # kernel then turns only the first channels of each head).
+        self._cos, self._sin = _rope_caches(g, shape, "")
         # seqlens_k = tokens in the cache after this step, minus one; total = mask length (both int32).
         mask = g.op("Cast", [inputs.attention_mask], name="/gqa/Cast", to=TensorProto.INT32)
         count = g.op("ReduceSum", [mask, g.const([1])], name="/gqa/ReduceSum", keepdims=0)
@@ -158,6 +181,16 @@ class FusedAttention:
         total = g.op("Squeeze", [total, g.const([0])], name="/gqa/Squeeze")
         self._total = g.op("Cast", [total], name="/gqa/Cast", to=TensorProto.INT32)
         self._positions = inputs.position_ids
+        scaling = shape.rope_scaling
+        if scaling is not None and scaling.rope_type == "longrope":
+            # transformers turns to the long factors once the sequence (cache + this step) is longer
+            # than the original context, so the caches are chosen per step by that length.
+            long = g.op("Greater", [total, g.const(scaling.original_max_position_embeddings)], name="/rope/Greater")
+            cos_long, sin_long = _rope_caches(g, shape, "long_")
+            self._cos, self._sin = g.op(
+                "If", [long], name="/rope/If", outputs=["/rope/cos", "/rope/sin"],
+                then_branch=_pick("long", cos_long, sin_long), else_branch=_pick("short", self._cos, self._sin),
+            )
 
     def layer(self, g: GraphBuilder, shape: LlamaShape, index: int, qkv: ProjectedQKV, past: tuple[str, str]) -> str:
         if qkv.fused is not None:

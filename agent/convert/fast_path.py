@@ -10,7 +10,8 @@ fused QKV and gate/up, a preallocated KV cache, last-position logits, the 8-bit 
   ``MatMulNBits`` blocks pass through as stored (never quantized twice), float heads are quantized once;
 - the architecture comes from ``config.json`` (:func:`shape_from_config`); families whose extras the
   fused graph writes: Llama (incl. Llama-3 rope scaling), Mistral (sliding window), Qwen2 (q/k/v
-  biases), Qwen3 (q/k norms); anything else keeps the original graph;
+  biases), Qwen3 (q/k norms), Phi-3 / 3.5 / 4-mini (fused qkv and gate/up read apart, longrope,
+  partial rotary); anything else keeps the original graph;
 - the result is cached beside the download (``<repo>/.hflocal-fast/<commit>/`` for a Hub snapshot,
   ``<folder>/.hflocal-fast/`` otherwise) with a stamp naming the source file and the converter's own
   fingerprint (a hash of the converter's sources and onnx/onnxruntime versions), so a changed
@@ -23,12 +24,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import onnx
 
@@ -36,16 +38,16 @@ from agent.convert.fast_cache import cache_dir_for
 from agent.convert.linear import AccuracyLevel
 from agent.convert.llama_shape import LlamaShape, RopeScaling
 from agent.convert.onnx_weights import UnreadableGraph, read_export_weights
-from agent.convert.weight_forms import QUANT_FILES, Quant
+from agent.convert.quantize import BlockQuantized, split_rows
+from agent.convert.weight_forms import QUANT_FILES, Quant, Weight
 from agent.engine.contract import KV_BUFFER_METADATA
-from agent.engine.model_files import text_config
-from agent.engine.model_files import MAX_CONTEXT
+from agent.engine.model_files import MAX_CONTEXT, text_config
 
 log = logging.getLogger(__name__)
 
 STAMP = "stamp.json"
 ALREADY_FUSED = "already a fused graph"
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 """``model_type`` values whose decoder the fused graph writes exactly."""
 _SOURCES = (
     "attention.py", "fast_path.py", "graph_builder.py", "linear.py", "llama_graph.py", "llama_shape.py",
@@ -80,9 +82,14 @@ def shape_from_config(config: dict[str, Any]) -> LlamaShape:
 
     heads = integer("num_attention_heads")
     hidden = integer("hidden_size")
-    head_dim = c.get("head_dim") or hidden // heads
-    if c.get("partial_rotary_factor", 1.0) not in (1, 1.0):
-        raise NotOnFastPath("partial rotary embeddings are not on the fast path")
+    head_dim = int(c.get("head_dim") or hidden // heads)
+    partial = c.get("partial_rotary_factor", 1.0)
+    if not isinstance(partial, int | float) or not 0 < partial <= 1:
+        raise NotOnFastPath(f"config.json partial_rotary_factor = {partial!r} is not in (0, 1]")
+    rotary = int(head_dim * partial)  # as transformers rounds it
+    if rotary != head_dim and rotary % 16:
+        # GroupQueryAttention's cos/sin caches must be a multiple of 8 wide for a partial rotation.
+        raise NotOnFastPath(f"a partial rotary dimension of {rotary} (not a multiple of 16) is not on the fast path")
     if c.get("mlp_bias") or (c.get("attention_bias") and family not in ("qwen2",)):
         raise NotOnFastPath("projection biases other than Qwen2's q/k/v are not on the fast path")
     scaling = None
@@ -99,8 +106,12 @@ def shape_from_config(config: dict[str, Any]) -> LlamaShape:
                 float(rope.get("high_freq_factor", 4.0)),
                 int(rope.get("original_max_position_embeddings", 8192)),
             )
+        elif kind in ("longrope", "su"):
+            scaling = _longrope(c, rope, integer("max_position_embeddings", 2048))
         elif kind not in (None, "default"):
-            raise NotOnFastPath(f"rope scaling {kind!r} is not on the fast path (supported: linear, llama3)")
+            raise NotOnFastPath(
+                f"rope scaling {kind!r} is not on the fast path (supported: linear, llama3, longrope)"
+            )
     window = c.get("sliding_window")
     if family == "qwen2" or family == "qwen3":
         window = window if c.get("use_sliding_window") else None
@@ -111,7 +122,7 @@ def shape_from_config(config: dict[str, Any]) -> LlamaShape:
         num_layers=integer("num_hidden_layers"),
         num_heads=heads,
         num_kv_heads=integer("num_key_value_heads", heads),
-        head_dim=int(head_dim),
+        head_dim=head_dim,
         rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
         rope_theta=float(c.get("rope_theta", 10000.0)),
         # The rope tables have a row per position: never more than the engine prepares for.
@@ -119,7 +130,29 @@ def shape_from_config(config: dict[str, Any]) -> LlamaShape:
         tie_word_embeddings=bool(c.get("tie_word_embeddings", False)),
         rope_scaling=scaling,
         sliding_window=window if isinstance(window, int) and window > 0 else None,
+        rotary_dim=None if rotary == head_dim else rotary,
     )
+
+
+def _longrope(c: dict[str, Any], rope: dict[str, Any], max_positions: int) -> RopeScaling:
+    """Phi-3's ``longrope`` (``su`` in older configs), with transformers' default attention factor:
+    sqrt(1 + ln(s) / ln(original)) for the extension s = max / original positions."""
+    original = c.get("original_max_position_embeddings")
+    if isinstance(original, int) and original > 0:
+        factor = max_positions / original
+    else:
+        original, factor = max_positions, float(rope.get("factor") or 1.0)
+    attention = rope.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    try:
+        return RopeScaling(
+            "longrope", factor, original_max_position_embeddings=original, attention_factor=float(attention),
+            short_factor=tuple(float(f) for f in rope["short_factor"]),
+            long_factor=tuple(float(f) for f in rope["long_factor"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise NotOnFastPath(f"config.json longrope scaling is incomplete: {exc}") from exc
 
 
 @cache
@@ -138,11 +171,11 @@ def converter_fingerprint() -> str:
 
 def _source_stamp(graph: Path) -> dict[str, Any]:
     files = [graph, *sorted(graph.parent.glob(graph.name + "_data*")), *sorted(graph.parent.glob(graph.name + ".data"))]
-    stamp = {"converter": converter_fingerprint(), "source": graph.name, "files": {}}
+    stats: dict[str, list[Any]] = {}
     for f in files:
         st = f.stat()  # follows the snapshot's symlink to its blob
-        stamp["files"][f.name] = [st.st_size, st.st_mtime_ns, os.path.realpath(f)]
-    return stamp
+        stats[f.name] = [st.st_size, st.st_mtime_ns, os.path.realpath(f)]
+    return {"converter": converter_fingerprint(), "source": graph.name, "files": stats}
 
 
 def is_fused(graph: Path) -> bool:
@@ -201,7 +234,7 @@ def _read_stamp(path: Path) -> Any:
 def _quant_of(quantization: str) -> Quant:
     if quantization not in QUANT_FILES:
         raise NotOnFastPath(f"quantization {quantization!r} is not on the fast path")
-    return quantization  # type: ignore[return-value]
+    return cast(Quant, quantization)
 
 
 def rewrite(
@@ -217,6 +250,7 @@ def rewrite(
     from agent.convert.llama_graph import write_llama_onnx
 
     weights, info = read_export_weights(graph)
+    weights = unfuse_projections(shape, weights)
     if info["tied_head"] and not shape.tie_word_embeddings:
         shape = LlamaShape(**{**shape.__dict__, "tie_word_embeddings": True})
     _check(shape, weights)
@@ -225,10 +259,41 @@ def rewrite(
     )
 
 
+def unfuse_projections(shape: LlamaShape, weights: dict[str, Weight]) -> dict[str, Weight]:
+    """Phi-3's ``qkv_proj`` and ``gate_up_proj`` as Llama's q/k/v and gate/up (rows [q; k; v] and
+    [gate; up]); the fused graph stacks them again, so 4-bit blocks come out byte for byte."""
+    out: dict[str, Weight] = {}
+    q, kv = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
+    for name, w in weights.items():
+        prefix, fused = _fused_projection(name)
+        if fused == "qkv_proj":
+            sizes, names = [q, kv, kv], ["q_proj", "k_proj", "v_proj"]
+        elif fused == "gate_up_proj":
+            sizes, names = [shape.intermediate_size] * 2, ["gate_proj", "up_proj"]
+        else:
+            out[name] = w
+            continue
+        rows = w.n if isinstance(w, BlockQuantized) else len(w)
+        if rows != sum(sizes):
+            raise UnreadableGraph(f"{name} has {rows} rows, config.json implies {sum(sizes)}")
+        suffix = name.rsplit(".", 1)[-1]
+        for part, piece in zip(names, split_rows(w, sizes), strict=True):
+            out[f"{prefix}.{part}.{suffix}"] = piece
+    return out
+
+
+def _fused_projection(name: str) -> tuple[str, str]:
+    module = name.rsplit(".", 1)[0]
+    prefix, _, last = module.rpartition(".")
+    return prefix, last
+
+
 def _check(shape: LlamaShape, weights: dict[str, Any]) -> None:
     """Every weight the graph needs is there with its shape, and nothing is left unused."""
     h, kv, hd = shape.hidden_size, shape.num_kv_heads * shape.head_dim, shape.head_dim
-    expected: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (shape.vocab_size, h), "model.norm.weight": (h,)}
+    expected: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (shape.vocab_size, h), "model.norm.weight": (h,),
+    }
     if not shape.tie_word_embeddings:
         expected["lm_head.weight"] = (shape.vocab_size, h)
     optional: dict[str, tuple[int, ...]] = {}
@@ -254,12 +319,16 @@ def _check(shape: LlamaShape, weights: dict[str, Any]) -> None:
         })
     missing = [n for n in expected if n not in weights]
     if missing:
-        raise UnreadableGraph(f"the graph has no {missing[0]}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise UnreadableGraph(f"the graph has no {_names(missing)}")
     unused = [n for n in weights if n not in expected and n not in optional]
     if unused:
-        raise UnreadableGraph(f"the fused graph would drop {unused[0]}" + (f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""))
+        raise UnreadableGraph(f"the fused graph would drop {_names(unused)}")
     for name, want in {**expected, **{n: s for n, s in optional.items() if n in weights}}.items():
         w = weights[name]
         got = (w.n, w.k) if hasattr(w, "bits") else tuple(w.shape)
         if tuple(got) != want:
             raise UnreadableGraph(f"{name} is {list(got)}, config.json implies {list(want)}")
+
+
+def _names(names: list[str]) -> str:
+    return names[0] + (f" (and {len(names) - 1} more)" if len(names) > 1 else "")

@@ -11,21 +11,37 @@ import numpy as np
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Hugging Face ``rope_scaling``: ``linear`` or Llama-3's ``llama3`` frequency smoothing."""
+    """Hugging Face ``rope_scaling``: ``linear``, Llama-3's ``llama3`` frequency smoothing, or Phi-3's
+    ``longrope`` (per-frequency divisors: ``short_factor`` up to ``original_max_position_embeddings``
+    tokens, ``long_factor`` beyond; cos and sin scaled by ``attention_factor``)."""
 
     rope_type: str
     factor: float
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
+    attention_factor: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.rope_type not in ("linear", "llama3"):
-            raise ValueError(f"unsupported rope_scaling type {self.rope_type!r}: use 'linear' or 'llama3'")
+        if self.rope_type not in ("linear", "llama3", "longrope"):
+            raise ValueError(
+                f"unsupported rope_scaling type {self.rope_type!r}: use 'linear', 'llama3' or 'longrope'"
+            )
+        if self.rope_type == "longrope" and (not self.short_factor or len(self.short_factor) != len(self.long_factor)):
+            raise ValueError("longrope needs short_factor and long_factor of the same length")
 
     def to_config(self) -> dict[str, Any]:
         if self.rope_type == "linear":
             return {"rope_type": "linear", "factor": self.factor}
+        if self.rope_type == "longrope":
+            return {
+                "rope_type": "longrope",
+                "short_factor": list(self.short_factor),
+                "long_factor": list(self.long_factor),
+                "attention_factor": self.attention_factor,
+            }
         return {
             "rope_type": "llama3",
             "factor": self.factor,
@@ -58,12 +74,20 @@ class LlamaShape:
     rope_scaling: RopeScaling | None = None
     rope_freq_factors: tuple[float, ...] | None = None
     sliding_window: int | None = None  # Mistral-style local attention: each query sees this many keys
+    rotary_dim: int | None = None  # partial rotary (Phi-4-mini): only the first rotary_dim of head_dim rotate
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, not {self.head_dim}")
+        if self.rotary_dim is not None and (self.rotary_dim % 2 or not 0 < self.rotary_dim <= self.head_dim):
+            raise ValueError(f"rotary_dim must be even and at most head_dim {self.head_dim}, not {self.rotary_dim}")
+
+    @property
+    def rotated(self) -> int:
+        """How many channels of each head the rotary embedding turns."""
+        return self.head_dim if self.rotary_dim is None else self.rotary_dim
 
     @property
     def kv_groups(self) -> int:
@@ -77,13 +101,19 @@ class LlamaShape:
         return self.num_layers * per_layer + self.vocab_size * h + head + h
 
 
-def rope_inv_freq(shape: LlamaShape) -> np.ndarray:
-    """float32 ``[head_dim/2]`` inverse frequencies, as transformers computes them (incl. scaling)."""
-    hd = shape.head_dim
+def rope_inv_freq(shape: LlamaShape, long: bool = False) -> np.ndarray:
+    """float32 ``[rotated/2]`` inverse frequencies, as transformers computes them (incl. scaling);
+    ``long``: longrope's factors for a context past the original one."""
+    hd = shape.rotated
     inv = 1.0 / (shape.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd))
     s = shape.rope_scaling
     if s is not None and s.rope_type == "linear":
         inv = inv / s.factor
+    elif s is not None and s.rope_type == "longrope":
+        factors = s.long_factor if long else s.short_factor
+        if len(factors) != hd // 2:
+            raise ValueError(f"longrope has {len(factors)} factors for {hd // 2} rotary frequencies")
+        inv = inv / np.asarray(factors, dtype=np.float64)
     elif s is not None:
         low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
         high_wavelen = s.original_max_position_embeddings / s.high_freq_factor

@@ -129,6 +129,20 @@ def concat_rows(parts: Sequence[BlockQuantized]) -> BlockQuantized:
     )
 
 
+def split_rows(w: np.ndarray | BlockQuantized, sizes: Sequence[int]) -> list[np.ndarray | BlockQuantized]:
+    """The inverse of :func:`concat_rows` (a fused projection read apart), for blocks or floats."""
+    edges = np.cumsum([0, *sizes])
+    if not isinstance(w, BlockQuantized):
+        return [w[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return [
+        BlockQuantized(
+            w.bits, w.block_size, w.k, np.ascontiguousarray(w.data[a:b]), np.ascontiguousarray(w.scales[a:b]),
+            None if w.zero_points is None else np.ascontiguousarray(w.zero_points[a:b]),
+        )
+        for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
+
+
 def _blocks(w: np.ndarray, block_size: int) -> np.ndarray:
     """``[N, K]`` float -> ``[N, blocks, block_size]`` float32, zero-padding K to whole blocks."""
     w = np.asarray(w, dtype=np.float32)

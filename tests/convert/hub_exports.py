@@ -1,7 +1,7 @@
 """Build Hub-style repos of tiny random decoders, one per family, the way onnx-community's are made.
 
 ``python -m tests.convert.hub_exports OUT [FAMILY ...]`` (needs the ``convert`` extra: torch, optimum):
-for each family a random transformers model (std 0.2 weights, so greedy output varies) with the tiny
+for each family a random transformers model (std 0.2 weights at width 64, so greedy output varies) with the tiny
 ChatML tokenizer, exported by ``agent.convert.checkpoint.export_checkpoint`` (optimum's
 ``text-generation-with-past`` export, then ``MatMulNBitsQuantizer`` 4/8-bit and the fp16 converter:
 ``onnx/model.onnx``, ``model_fp16.onnx``, ``model_quantized.onnx``, ``model_q4.onnx``) into
@@ -38,7 +38,36 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "mistral": {"model_type": "mistral", "sliding_window": 6},
     "qwen2": {"model_type": "qwen2"},  # q/k/v biases
     "qwen3": {"model_type": "qwen3", "head_dim": 32},  # q/k norms, head_dim != hidden/heads
+    # Phi-3.5: fused qkv_proj and gate_up_proj, longrope. The original context (32) is above prompt +
+    # answer (short factors) and below TEACHER (long factors, checked by LONG_TOP1); an untied head.
+    "phi3": {
+        "model_type": "phi3",
+        "tie_word_embeddings": False,
+        "original_max_position_embeddings": 32,
+        "rope_scaling": {
+            "type": "longrope",
+            "short_factor": [1.0, 1.1, 1.3, 1.6, 2.0, 2.5, 3.1, 3.8],
+            "long_factor": [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 18.0],
+        },
+    },
+    # Phi-4-mini: partial rotary (0.75 of head_dim: 48 of 64, onnxruntime's kernel turns a multiple
+    # of 16 channels), longrope, a tied head.
+    "phi4mini": {
+        "model_type": "phi3",
+        "hidden_size": 256,  # head_dim 64: Phi3Config checks the factors against hidden / heads
+        "partial_rotary_factor": 0.75,
+        "original_max_position_embeddings": 32,
+        "rope_scaling": {
+            "type": "longrope",
+            "short_factor": [1.0 + 0.1 * i for i in range(24)],
+            "long_factor": [1.0 + 0.7 * i for i in range(24)],
+        },
+    },
 }
+LONG_TOP1 = "transformers_long_top1.json"
+"""Families with ``original_max_position_embeddings``: transformers' argmax at every position of one
+forward over ``TEACHER`` (longer than that context, so the long rope factors apply)."""
+TEACHER = (PROMPT * 8)[:60]
 
 
 def build(out: Path, family: str) -> None:
@@ -50,18 +79,19 @@ def build(out: Path, family: str) -> None:
     tokenizer = train_tokenizer()
     spec = dict(FAMILIES[family])
     model_type = spec.pop("model_type")
-    config = AutoConfig.for_model(
-        model_type, vocab_size=tokenizer.get_vocab_size(), hidden_size=64, intermediate_size=128,
-        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=IM_START_ID, eos_token_id=IM_END_ID, pad_token_id=IM_END_ID,
-        **{"tie_word_embeddings": True, **spec},
-    )
+    sizes = {
+        "vocab_size": tokenizer.get_vocab_size(), "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256,
+        "bos_token_id": IM_START_ID, "eos_token_id": IM_END_ID, "pad_token_id": IM_END_ID, "tie_word_embeddings": True,
+    }
+    config = AutoConfig.for_model(model_type, **{**sizes, **spec})
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
+    std = 0.2 * (64 / config.hidden_size) ** 0.5  # the same activation scale at any width
     with torch.no_grad():
         for p in model.parameters():
             if p.ndim > 1:
-                p.normal_(0.0, 0.2)
+                p.normal_(0.0, std)
             else:  # norms and biases away from their identity values, so a dropped one shows
                 p.add_(torch.randn_like(p) * 0.1)
     source = out / family / "checkpoint"
@@ -79,6 +109,10 @@ def build(out: Path, family: str) -> None:
             do_sample=False,
         )
     (out / family / "transformers.json").write_text(json.dumps(generated[0, len(PROMPT):].tolist()))
+    if "original_max_position_embeddings" in spec:
+        with torch.no_grad():
+            logits = model(torch.tensor([TEACHER])).logits
+        (out / family / LONG_TOP1).write_text(json.dumps(logits[0].argmax(-1).tolist()))
 
 
 def _web_repo(repo: Path, web: Path) -> None:

@@ -1,8 +1,9 @@
 """The fast path: a Hub export (optimum graph, MatMulNBits 4/8-bit, fp16) rewritten into the fused graph.
 
 Each family's tiny random model (tests/convert/hub_exports.py: Llama, Llama 3 with rope scaling and an
-untied head, Mistral with a sliding window, Qwen2 with q/k/v biases, Qwen3 with q/k norms) is exported
-the way onnx-community's repos are, then:
+untied head, Mistral with a sliding window, Qwen2 with q/k/v biases, Qwen3 with q/k norms, Phi-3.5
+with fused qkv/gate_up projections and longrope, Phi-4-mini with a partial rotary) is exported the way
+onnx-community's repos are, then:
 
 - fp32 and fp16 rewrites generate greedily exactly what transformers generates;
 - q4 and q8 rewrites keep the export's blocks byte for byte (never quantized twice) and, with float
@@ -10,6 +11,8 @@ the way onnx-community's repos are, then:
 - at the defaults (int8 activations where fast, the 8-bit head rescored) they agree with the export's
   own top-1 choice on at least :data:`DEFAULT_AGREEMENT` of teacher-forced positions (the stated
   tolerance; measured 90-100 %);
+- past the original context of a longrope model the fp32 rewrite takes the long factors, as
+  transformers does (the export itself keeps the short ones it was traced with);
 - loading takes the rewrite (cached beside the files, rebuilt when the source or converter changes)
   and falls back to the original graph, saying why, for what it cannot rewrite or load.
 """
@@ -30,12 +33,11 @@ from agent.convert.fast_cache import cache_dir_for
 from agent.convert.fast_path import fast_graph, rewrite, shape_from_config
 from agent.engine.model import load_model
 from agent.engine.model_files import onnx_path
+from tests.convert.hub_exports import FAMILIES, LONG_TOP1, NEW_TOKENS, PROMPT, TEACHER
 from tests.fakes.decoder import Decoder
 
-from tests.convert.hub_exports import FAMILIES, NEW_TOKENS, PROMPT
-
 DEFAULT_AGREEMENT = 0.85
-TEACHER = (PROMPT * 8)[:60]
+LONGROPE = [f for f, spec in FAMILIES.items() if "original_max_position_embeddings" in spec]
 
 
 def _repo(exports: Path, family: str) -> Path:
@@ -90,8 +92,23 @@ def test_default_quantized_rewrite_agrees_within_tolerance(exports: Path, family
     source = onnx_path(repo, quant)
     fast = fast_graph(repo, source, quant)
     assert fast.path is not None, fast.reason
-    agreement = float(np.mean(Decoder(fast.path).teacher_forced_top1(TEACHER) == Decoder(source).teacher_forced_top1(TEACHER)))
+    # A longrope export is traced with its short factors: compared within the original context only.
+    teacher = TEACHER[: FAMILIES[family].get("original_max_position_embeddings", len(TEACHER))]
+    agreement = float(np.mean(Decoder(fast.path).teacher_forced_top1(teacher) == Decoder(source).teacher_forced_top1(teacher)))
     assert agreement >= DEFAULT_AGREEMENT, (family, quant, agreement)
+
+
+@pytest.mark.parametrize("family", LONGROPE)
+def test_longrope_past_the_original_context_is_what_transformers_computes(exports: Path, family: str) -> None:
+    """One prefill longer than ``original_max_position_embeddings``: transformers rotates it with the
+    long factors; so does the rewrite (its If picks the caches by sequence length)."""
+    repo = _repo(exports, family)
+    want = np.array(json.loads((exports / family / LONG_TOP1).read_text()))
+    fast = fast_graph(repo, onnx_path(repo, "fp32"), "fp32")
+    assert fast.path is not None, fast.reason
+    assert Decoder(fast.path).teacher_forced_top1(TEACHER).tolist() == want.tolist()
+    # The short factors alone (what the export was traced with) answer otherwise: the test can fail.
+    assert (Decoder(onnx_path(repo, "fp32")).teacher_forced_top1(TEACHER) != want).any()
 
 
 def test_rewrite_is_the_fused_graph(exports: Path) -> None:
