@@ -129,13 +129,17 @@ def _api_key(info: ConnectionInfo) -> str | None:
         return None
 
 
+AMBIGUOUS = " has several variants, name one: "
+"""In the agent's answer for a model id with several variants installed, none active (docs/protocol.md)."""
+
+
 def _check_model(client: ChatClient, model: str | None) -> str:
     """The model the chat will use, or a ``ChatError`` saying how to get one."""
     if model is not None:
         try:
             found = client.get_json("/v1/models/" + urllib.parse.quote(model, safe="/:"))
         except ChatError as exc:
-            if exc.fatal:
+            if exc.fatal or AMBIGUOUS in str(exc):  # the agent's refusal names the variants to choose from
                 raise
             raise ChatError(f"{model!r} is not installed; `hflocal ls` lists what is") from None
         return str(found.get("id") or model)

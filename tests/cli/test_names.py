@@ -57,6 +57,7 @@ def test_the_same_name_means_the_same_variant_through_every_door(agent: AgentPro
     # Ambiguous (two variants, none active): refused everywhere, listing both, and nothing changed.
     assert cli_json(agent, "use", TINY, "--no-wait") == (1, {"error": {"code": "bad_request", "message": SEVERAL}})
     assert cli_json(agent, "rm", TINY) == (1, {"error": {"code": "bad_request", "message": SEVERAL}})
+    assert cli_json(agent, "chat", TINY) == (1, {"error": {"code": "model", "message": SEVERAL}})  # asks over HTTP
     assert zmq_activate(agent, TINY) == f"bad_request: {SEVERAL}"
     assert http_model(agent, TINY) == (404, f"model_not_found: {SEVERAL}")
     chat = httpx.post(f"{agent.http_url}/v1/chat/completions", timeout=60,
