@@ -1,8 +1,9 @@
 """The files behind the store: finding runnable variants on disk and deleting a variant's files.
 
 Two layouts: the Hugging Face cache (``models--org--name/{blobs,refs,snapshots/<commit>}``, snapshot
-files symlinked into ``blobs/``) and hflocal's imported folders (``imported/<org>/<name>/``, plain
-files). Both may hold several variants that share files (config, tokenizer).
+files symlinked into ``blobs/``; its names are ``agent.hub_cache``'s) and hflocal's imported folders
+(``imported/<org>/<name>/``, plain files). Both may hold several variants that share files (config,
+tokenizer).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from agent.convert.fast_cache import FAST_DIR, cache_dir_for
+from agent import hub_cache
 from agent.hub import offered_quantizations, select_files
 from agent.model_kinds import Kind, folder_kind
 from agent.paths import Paths
@@ -66,25 +67,10 @@ def _variants_in(model_id: str, folder: Path, names: list[str], **fields: Any) -
 
 
 def _scan_hub_cache(cache: Path) -> list[FoundVariant]:
-    from huggingface_hub import scan_cache_dir
-    from huggingface_hub.errors import CacheNotFound
-
-    try:
-        info = scan_cache_dir(cache)
-    except (CacheNotFound, OSError, ValueError):
-        return []
     entries: list[FoundVariant] = []
-    for repo in info.repos:
-        try:
-            model_id = validate_model_id(repo.repo_id)
-        except InvalidNameError:
-            continue
-        if repo.repo_type != "model":
-            continue
-        for rev in repo.revisions:
-            names = [f.file_path.relative_to(rev.snapshot_path).as_posix() for f in rev.files]
-            ref = min(rev.refs) if rev.refs else rev.commit_hash
-            entries += _variants_in(model_id, rev.snapshot_path, names, commit=rev.commit_hash, revision=ref, source="hub")
+    for snap in hub_cache.snapshots(cache):
+        entries += _variants_in(snap.model_id, snap.folder, snap.names, commit=snap.commit, revision=snap.revision,
+                                source="hub")
     return entries
 
 
@@ -97,9 +83,9 @@ def _scan_imported(root: Path) -> list[FoundVariant]:
             model_id = validate_model_id(f"{folder.parent.name}/{folder.name}")
         except InvalidNameError:
             continue
-        # The fast path's rewrites live in the folder too (fast_path.FAST_DIR); they are not variants.
+        # The fast path's rewrites live in the folder too (hub_cache.FAST_DIR); they are not variants.
         names = [n for n in (p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-                 if not n.startswith(f"{FAST_DIR}/")]
+                 if not n.startswith(f"{hub_cache.FAST_DIR}/")]
         entries += _variants_in(model_id, folder, names, commit=None, source="import", revision="")
     return entries
 
@@ -143,11 +129,11 @@ class _FileRemover:
             return 0
         folder = entry.folder()
         cache, imported = self.paths.cache.resolve(), self.paths.imported.resolve()
-        rewrite = cache_dir_for(folder) / entry.quantization  # the fast path's copy of this variant
+        rewrite = hub_cache.fast_dir_for(folder) / entry.quantization  # the fast path's copy of this variant
         if rewrite.is_dir() and rewrite.resolve().is_relative_to(cache if entry.source == "hub" else imported):
             self._remove_tree(rewrite)
         if entry.source == "hub" and folder.is_relative_to(cache) and folder.parent.name == "snapshots":
-            self._remove_hub(entry, folder, folder.parent.parent)
+            self._remove_hub(entry, folder, hub_cache.repo_of_snapshot(folder))
         elif folder.is_relative_to(imported) and folder != imported:
             self._remove_files(entry, folder, within=folder)
             if not any(e.folder() == folder for e in self.others):  # hflocal made it: all of it goes
@@ -171,18 +157,18 @@ class _FileRemover:
             _prune_empty(link.parent, stop=folder)
 
     def _remove_hub(self, entry: VariantEntry, snapshot: Path, repo_dir: Path) -> None:
-        if not repo_dir.name.startswith("models--") or repo_dir.parent != self.paths.cache.resolve():
+        if not hub_cache.is_snapshot(snapshot) or repo_dir.parent != self.paths.cache.resolve():
             return
         self._remove_files(entry, snapshot, within=repo_dir)
         same_repo = [e for e in self.others if e.model_id == entry.model_id and e.source == "hub"]
         if not any(e.status != "ready" for e in same_repo):
-            for partial in (repo_dir / "blobs").glob("*.incomplete"):
+            for partial in hub_cache.partial_blobs(repo_dir):
                 self._unlink(partial)
         _prune_empty(snapshot, stop=repo_dir / "snapshots")
         snapshots = repo_dir / "snapshots"
         if not same_repo and (not snapshots.exists() or not any(snapshots.iterdir())):
             self._remove_tree(repo_dir)
-            shutil.rmtree(self.paths.cache / ".locks" / repo_dir.name, ignore_errors=True)
+            shutil.rmtree(hub_cache.lock_dir(self.paths.cache, repo_dir), ignore_errors=True)
 
     def _remove_tree(self, folder: Path) -> None:
         for leftover in folder.rglob("*"):

@@ -29,34 +29,30 @@ HTTP (xet and hf_transfer are switched off in this process) because only that pa
 files. huggingface_hub itself retries each request 5 times on 5xx/connection errors (1-8 s apart);
 the job-level retries above come on top and also cover what it does not retry (a connection dropped
 mid-file, 429).
+
+``Downloads`` is the registry of jobs (start, join, cancel, record the outcome in the store); the
+transfer itself is ``agent.download_transfer``, and where a job's files are in the Hugging Face
+cache is ``agent.hub_cache``'s to say.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import logging
-import os
-import shutil
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import hf_hub_download
-from huggingface_hub.file_download import repo_folder_name
-
-from agent import hub
+from agent import hub, hub_cache
 from agent.download_job import DownloadJob, StopJob, bind, install_hook
+from agent.download_transfer import as_agent_error, fetch_all, is_enospc
 from agent.errors import (
     AgentError,
     BadRequestError,
     ConflictError,
     DiskFullError,
     GatedRepoError,
-    IntegrityError,
-    InternalError,
     NetworkError,
     NotFoundError,
 )
@@ -156,7 +152,7 @@ class Downloads:
                 self._jobs.pop(job.key, None)
             job.mark_ended("failed")
             err = exc
-            if _is_enospc(exc) and not isinstance(exc, AgentError):
+            if is_enospc(exc) and not isinstance(exc, AgentError):
                 err = DiskFullError(str(self.paths.home))
             if job.joined:  # someone else was told to wait for this job: tell them it failed
                 code = err.code if isinstance(err, AgentError) else "internal"
@@ -183,7 +179,7 @@ class Downloads:
             job.set_file_done(f.path, self._on_disk(job, f))
         job.resumed_bytes = job.done_bytes
         needed = job.total_bytes - job.resumed_bytes
-        free = _free_bytes(self.paths.cache)
+        free = hub_cache.free_bytes(self.paths.cache)
         if needed > 0 and needed + self.disk_margin_bytes > free:
             raise DiskFullError(str(self.paths.cache), needed + self.disk_margin_bytes, free)
         entry = self.store.get(job.key)
@@ -226,14 +222,15 @@ class Downloads:
                 job_id=job.job_id, key=job.key, model_id=job.model_id, quantization=job.quantization,
                 total_bytes=job.total_bytes, files=[f.path for f in job.files], resumed_bytes=job.resumed_bytes,
             ))
-            self._fetch_all(job)
+            fetch_all(job, self.paths.cache, retries=self.settings.hub.retries, backoff_s=self.backoff_s)
         except StopJob:
             self._end_stopped(job)
-        except BaseException as exc:  # noqa: BLE001 - every failure becomes an event, never a silent thread
+        except BaseException as exc:  # every failure becomes an event, never a silent thread
             if job.stop_requested:
                 self._end_stopped(job)
             else:
-                self._end_failed(job, exc if isinstance(exc, AgentError) else _as_agent_error(exc, job, self.paths.cache))
+                error = exc if isinstance(exc, AgentError) else as_agent_error(exc, job, self.paths.cache)
+                self._end_failed(job, error)
         else:
             self._end_finished(job)
         finally:
@@ -242,48 +239,6 @@ class Downloads:
                 if self._jobs.get(job.key) is job:
                     del self._jobs[job.key]
             job.mark_ended(job.state)
-
-    def _fetch_all(self, job: DownloadJob) -> None:
-        attempt = 0
-        while True:
-            fetched_before = job.fetched_bytes
-            try:
-                for f in job.files:
-                    if job.stop_requested:
-                        raise StopJob()
-                    job.current_file = f.path
-                    self._fetch(job, f)
-                return
-            except (StopJob, AgentError):
-                raise
-            except Exception as exc:
-                if _is_enospc(exc) or not hub.is_transient(exc):
-                    raise
-                if job.fetched_bytes > fetched_before:
-                    attempt = 0
-                if attempt >= self.settings.hub.retries:
-                    raise
-                delay = min(self.backoff_s * (2**attempt), 30.0)
-                attempt += 1
-                log.info("download %s: %s; retry %d in %.1fs", job.key, exc, attempt, delay)
-                job.sleep_unless_stopped(delay)
-
-    def _fetch(self, job: DownloadJob, f: RemoteFile) -> None:
-        pointer = hf_hub_download(
-            job.model_id, f.path, revision=job.commit, cache_dir=self.paths.cache,
-            endpoint=hub.endpoint(), token=hub.token(),
-        )
-        if f.sha256:
-            blob = Path(os.path.realpath(pointer))
-            digest = _sha256(blob, job)
-            if digest != f.sha256:
-                blob.unlink(missing_ok=True)
-                Path(pointer).unlink(missing_ok=True)
-                raise IntegrityError(
-                    f"{f.path} of {job.model_id} did not match its sha256 (expected {f.sha256[:12]}…, "
-                    f"got {digest[:12]}…); the file was removed, download again"
-                )
-        job.set_file_done(f.path, f.size)
 
     # ---- endings ----
 
@@ -397,57 +352,11 @@ class Downloads:
                 continue  # still asking the Hub about its files (maybe a Hub that never answers): nothing to finish
             job.wait(max(deadline - time.monotonic(), 0.0))
 
-    # ---- helpers ----
-
-    def _repo_dir(self, job: DownloadJob) -> Path:
-        return self.paths.cache / repo_folder_name(repo_id=job.model_id, repo_type="model")
+    # ---- where the job's files are (agent.hub_cache) ----
 
     def _snapshot(self, job: DownloadJob) -> Path:
-        return (self._repo_dir(job) / "snapshots" / job.commit).resolve()
+        return hub_cache.snapshot_dir(self.paths.cache, job.model_id, job.commit)
 
     def _on_disk(self, job: DownloadJob, f: RemoteFile) -> int:
         """Bytes of ``f`` already in the cache: all of it, a partial ``.incomplete`` blob, or 0."""
-        if (self._snapshot(job) / f.path).is_file():
-            return f.size
-        if f.etag:
-            blob = self._repo_dir(job) / "blobs" / f.etag
-            if blob.is_file():
-                return f.size
-            try:
-                return min(os.path.getsize(f"{blob}.incomplete"), f.size)
-            except OSError:
-                return 0
-        return 0
-
-
-def _sha256(path: Path, job: DownloadJob) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-            if job.stop_requested:
-                raise StopJob()
-    return digest.hexdigest()
-
-
-def _free_bytes(folder: Path) -> int:
-    probe = Path(folder)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    return shutil.disk_usage(probe).free
-
-
-def _is_enospc(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _as_agent_error(exc: BaseException, job: DownloadJob, cache: Path) -> AgentError:
-    if _is_enospc(exc):
-        return DiskFullError(str(cache))
-    if not isinstance(exc, Exception):
-        return InternalError(f"download of {job.key} stopped: {exc!r}")
-    return hub.map_error(exc, job.model_id, job.revision)
+        return hub_cache.bytes_on_disk(self.paths.cache, job.model_id, job.commit, f.path, f.size, f.etag)

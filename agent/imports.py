@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agent import hub_cache
 from agent.errors import AgentError, BadRequestError, QuantNotOfferedError, UnsupportedError
 from agent.hub import offered_quantizations, select_files
 from agent.model_kinds import folder_kind
@@ -83,8 +84,8 @@ def default_model_name(path: Path) -> str:
         while (trimmed := _QUANT_SUFFIX.sub("", stem)) != stem and trimmed:
             stem = trimmed
         return slug(stem)
-    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
-        return slug(path.parent.parent.name.split("--")[-1])
+    if hub_cache.is_snapshot(path):
+        return slug(hub_cache.repo_name_of_snapshot(path))
     return slug(path.name)
 
 

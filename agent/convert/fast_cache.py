@@ -1,18 +1,9 @@
-"""Where the fast path keeps its rewrites (:mod:`agent.convert.fast_path`); no heavy imports, so the
-store can find and remove them."""
+"""Where the fast path keeps its rewrites (:mod:`agent.convert.fast_path`). The folder is part of the
+Hugging Face cache layout, which :mod:`agent.hub_cache` owns; these names stay for the converter."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from agent.hub_cache import FAST_DIR
+from agent.hub_cache import fast_dir_for as cache_dir_for
 
-FAST_DIR = ".hflocal-fast"
-
-
-def cache_dir_for(folder: Path) -> Path:
-    """Where the rewrites of ``folder``'s graphs live: beside a Hub snapshot (``<repo>/.hflocal-fast/
-    <commit>``, outside the snapshot the Hub client manages), or inside a folder hflocal owns.
-    One subfolder per quantization."""
-    folder = Path(folder)
-    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
-        return folder.parent.parent / FAST_DIR / folder.name
-    return folder / FAST_DIR
+__all__ = ["FAST_DIR", "cache_dir_for"]
