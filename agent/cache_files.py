@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from agent import hub_cache
-from agent.hub import offered_quantizations, select_files
 from agent.model_kinds import Kind, folder_kind
 from agent.paths import Paths
+from agent.variant_files import offered_quantizations, select_files
 from agent.variants import InvalidNameError, validate_model_id
 
 if TYPE_CHECKING:

@@ -87,7 +87,7 @@ class NoOnnxError(AgentError, LookupError):
     code = "no_onnx"
 
     def __init__(self, model_id: str, found: str = "") -> None:
-        """``found``: what the repo has instead, when it is recognisable (``agent.hub.layout_problem``)."""
+        """``found``: what the repo has instead, when it is recognisable (``agent.variant_files.layout_problem``)."""
         what = f"{found}; " if found else ""
         super().__init__(
             f"{model_id} has no ONNX weights hflocal runs ({what}expected onnx/model_q4.onnx, "

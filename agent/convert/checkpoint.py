@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agent.convert.weight_forms import QUANT_FILES
-from agent.hub import FALLBACK_TOKENIZER_FILES, SUPPORT_FILES
+from agent.variant_files import FALLBACK_TOKENIZER_FILES, SUPPORT_FILES
 
 Progress = Callable[[str, int, int], None]
 

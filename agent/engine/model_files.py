@@ -28,7 +28,7 @@ ONNX_FILES = {
 }
 ONNX_ALTERNATES = {"q8": ("model_int8.onnx", "model_uint8.onnx"), "q4": ("model_q4f16.onnx",)}
 """Taken when the main name is absent: Transformers.js names the two halves of its q8 export so, and
-the Hub listing (``agent.hub.ONNX_NAMES``) offers q8 for a repo that has only one of them."""
+the Hub listing (``agent.variant_files.ONNX_NAMES``) offers q8 for a repo that has only one of them."""
 
 DEFAULT_CONTEXT = 2048
 """Used only when neither config.json nor tokenizer_config.json states a context length."""

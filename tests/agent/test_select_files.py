@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.hub import external_data_files, offered_quantizations, quantization_of, select_files
+from agent.variant_files import external_data_files, offered_quantizations, quantization_of, select_files
 
 SUPPORT = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"]
 
@@ -84,7 +84,7 @@ def test_q4f16_is_the_q4_only_where_there_is_no_model_q4() -> None:
 )
 def test_a_repo_without_runnable_files_is_told_what_it_has(names: list[str], said: str) -> None:
     from agent.errors import NoOnnxError
-    from agent.hub import layout_problem
+    from agent.variant_files import layout_problem
 
     assert offered_quantizations(names) == []
     found = layout_problem(names)
