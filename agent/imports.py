@@ -27,18 +27,15 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from agent import hub_cache
 from agent.errors import AgentError, BadRequestError, QuantNotOfferedError, UnsupportedError
 from agent.hub import offered_quantizations, select_files
 from agent.model_kinds import folder_kind
+from agent.services import Activations, Publish, VariantRecords
 from agent.store import new_entry, utc_now
 from agent.variants import VariantKey, normalize_quantization, validate_model_id
 from ipc.messages import ERROR_CODES, ImportFailed, ImportFinished, ImportProgress, ModelsChanged
-
-if TYPE_CHECKING:
-    from agent.runtime import Runtime
 
 log = logging.getLogger("hflocal.imports")
 
@@ -103,7 +100,8 @@ def folder_files(path: Path) -> set[str]:
         if p.is_file():
             names.add(p.relative_to(path).as_posix())
             if len(names) > MAX_FOLDER_FILES:
-                raise UnsupportedError(f"{path} holds more than {MAX_FOLDER_FILES} files: not a model folder; {_ACCEPTS}")
+                raise UnsupportedError(
+                    f"{path} holds more than {MAX_FOLDER_FILES} files: not a model folder; {_ACCEPTS}")
     return names
 
 
@@ -144,17 +142,22 @@ Observer = Callable[[str, int, int], None]
 
 
 class Imports:
-    """Runs import jobs in threads and reports them as ``import.*`` events."""
+    """Runs import jobs in threads and reports them as ``import.*`` events. Installs into ``imported``
+    (``Paths.imported``) and records the variants in ``store``; ``models`` unloads a variant an
+    import replaces and makes it active again after."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
+    def __init__(self, imported: Path, store: VariantRecords, models: Activations, publish: Publish) -> None:
+        self._imported = imported
+        self._store = store
+        self._models = models
+        self._publish = publish
         self._threads: dict[str, threading.Thread] = {}
         self._results: dict[str, list[str] | AgentError] = {}
         self._busy: set[str] = set()
         self._lock = threading.Lock()
         # Folders of imports that a killed worker (or an export child outliving its worker) left behind.
         for pattern in ("*/.*.importing-*", "*/.*.old-*"):
-            for leftover in rt.paths.imported.glob(pattern):
+            for leftover in imported.glob(pattern):
                 shutil.rmtree(leftover, ignore_errors=True)
 
     async def start(
@@ -223,12 +226,12 @@ class Imports:
             if observer is not None:
                 try:
                     observer(stage, done, total)
-                except Exception:  # noqa: BLE001 - a display bug must not fail the import
+                except Exception:  # a display bug must not fail the import
                     log.exception("import progress observer failed")
             now = time.monotonic()
             if done in (0, total) or now - last[0] >= 0.2:
                 last[0] = now
-                self.rt.publish(ImportProgress(job_id=job_id, stage=stage, done=done, total=total))
+                self._publish(ImportProgress(job_id=job_id, stage=stage, done=done, total=total))
 
         return report
 
@@ -236,7 +239,7 @@ class Imports:
         self, job_id: str, kind: str, source: Path, model_id: str, quants: list[str], observer: Observer | None
     ) -> None:
         org, name = model_id.split("/", 1)
-        final = self.rt.paths.imported / org / name
+        final = self._imported / org / name
         staging = final.with_name(f".{name}.importing-{job_id}")
         report = self._progress(job_id, observer)
         try:
@@ -251,7 +254,7 @@ class Imports:
 
                 export_checkpoint(source, staging, quants, report)
             keys, reactivate = self._install(model_id, staging, final, quants)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes an import.failed event
+        except Exception as exc:  # every failure becomes an import.failed event
             shutil.rmtree(staging, ignore_errors=True)
             code = getattr(exc, "code", None) or ("unsupported" if isinstance(exc, ValueError) else "internal")
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
@@ -262,27 +265,27 @@ class Imports:
             if code == "internal":
                 log.exception("import of %s failed", source)
             self._results[job_id] = AgentError(message, code=code)
-            self.rt.publish(ImportFailed(job_id=job_id, code=code, message=message))
+            self._publish(ImportFailed(job_id=job_id, code=code, message=message))
             return
         finally:
             with self._lock:
                 self._busy.discard(model_id)
         self._results[job_id] = keys
-        self.rt.publish(ImportFinished(job_id=job_id, keys=keys))
-        self.rt.publish(ModelsChanged(keys=[e.key for e in self.rt.store.list()]))
+        self._publish(ImportFinished(job_id=job_id, keys=keys))
+        self._publish(ModelsChanged(keys=[e.key for e in self._store.list()]))
         if reactivate is not None:
-            self.rt.activate_threadsafe(reactivate)
+            self._models.activate_threadsafe(reactivate)
 
     def _install(self, model_id: str, staging: Path, final: Path, quants: list[str]) -> tuple[list[str], str | None]:
         """Swap the finished folder into place and record one entry per quantization; returns the
         keys and the one to make active again (the active model was replaced, so it was unloaded)."""
-        store = self.rt.store
+        store = self._store
         keys = [str(VariantKey.make(model_id, q, "auto")) for q in quants]
-        active = self.rt.pool.active
+        active = self._models.active
         reactivate = active if active in keys else None
         for key in keys:
             if store.get(key) is not None:
-                self.rt.pool_forget_threadsafe(key)
+                self._models.forget_threadsafe(key)
         if final.exists():
             # Re-import over an earlier one: keep variants of it that this import does not replace.
             for item in final.rglob("*"):
@@ -316,7 +319,8 @@ class Imports:
             await asyncio.to_thread(thread.join, 30)
 
 
-def _inspect(path: Path):  # type: ignore[no-untyped-def]
+def _inspect(path: Path) -> object:
+    """The GGUF's summary (``agent.convert.gguf_import.GGUFSummary``), or ``UnsupportedError``."""
     from agent.convert.gguf_import import UnsupportedModelError, inspect_gguf
 
     try:

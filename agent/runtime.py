@@ -1,7 +1,9 @@
 """The worker's parts, put together once: store, downloads, imports, model pool and the HTTP app.
 
-``Runtime`` owns their lifetimes; the request server and the HTTP management routes both call
-``Runtime.handle``, which dispatches to ``agent.handlers`` (one capability, written once).
+``Runtime`` is the composition root: it builds each part, hands every other part the narrow
+services it uses (``agent.services``), and owns their lifetimes. The request server and the HTTP
+management routes both call ``Runtime.handle``, which dispatches to ``agent.handlers.Handlers``
+(one capability, written once).
 """
 
 from __future__ import annotations
@@ -11,16 +13,15 @@ import logging
 import os
 import socket
 import threading
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
+from agent.activation import Activator, log_task_error
 from agent.downloads import Downloads
 from agent.engine.loader import load_variant
 from agent.errors import AgentError
 from agent.feed import EventFeed
-from agent.handlers import dispatch
+from agent.handlers import Handlers
 from agent.imports import Imports
 from agent.paths import Paths
 from agent.pool import ModelPool, ModelUnavailableError, ResolvedVariant, UnknownModelError
@@ -126,7 +127,6 @@ class Runtime:
         for warning in self.store.warnings:
             log.warning("%s", warning)
         self.downloads = Downloads(self.store, paths, settings, self.publish)
-        self.imports = Imports(self)
         self.pool = ModelPool(
             StoreCatalog(self.store),
             load_variant,
@@ -135,7 +135,13 @@ class Runtime:
             active=self.store.active,
             on_active=self._remember_active,
         )
-        self._loop = asyncio.get_running_loop()
+        self.activations = Activator(self.pool, self.store, self.warnings)
+        self.imports = Imports(paths.imported, self.store, self.activations, self.publish)
+        self.handlers = Handlers(
+            session=session, started=started, http_url=http_url, paths=paths, settings=settings,
+            store=self.store, pool=self.pool, activations=self.activations, downloads=self.downloads,
+            imports=self.imports, publish=self.publish, warnings=self.warnings, stop=stop,
+        )
         self._serving = False
         self._quickstart: asyncio.Future[str | None] | None = None
 
@@ -147,42 +153,12 @@ class Runtime:
     # ------------------------------------------------------------------ requests
 
     async def handle(self, request: Request) -> Message:
-        return await dispatch(self, request)  # type: ignore[arg-type]
-
-    def activate(self, key: str) -> str:
-        """Load ``key`` in the background and make it active once loaded (remembered across restarts);
-        returns the job id its ``model.*`` events carry. If the load fails the previous model stays."""
-        job_id = uuid.uuid4().hex[:12]
-        task = asyncio.ensure_future(self._load_active(key, job_id))
-        task.add_done_callback(_log_task_error)
-        return job_id
-
-    def activate_threadsafe(self, key: str) -> None:
-        """From a worker thread: ``activate(key)`` on the event loop (without waiting for the load)."""
-        self._loop.call_soon_threadsafe(self.activate, key)
-
-    def pool_forget_threadsafe(self, key: str, timeout: float = 30.0) -> None:
-        """From a worker thread: make the pool forget ``key`` and wait until it has."""
-        future = asyncio.run_coroutine_threadsafe(self.pool.forget(key), self._loop)
-        future.result(timeout)
+        return await self.handlers.dispatch(request)
 
     def _remember_active(self, key: str) -> None:
+        """The pool's ``on_active``: a loaded variant became active; remembered across restarts."""
         self.store.set_active(key)
         self.publish(ModelActivated(key=key))
-
-    async def _load_active(self, key: str, job_id: str) -> None:
-        try:
-            await self.pool.activate(key, job_id=job_id)
-        except Exception as exc:  # noqa: BLE001 - the pool already published model.failed
-            log.warning("could not load %s: %s", key, exc)
-            if self.store.active == key:
-                # The remembered model failed to load (not a crash: a kill keeps it): forget it, or
-                # every start would spend the same failed load again.
-                self.store.set_active(None)
-                if self.pool.active == key:
-                    self.pool.set_active(None)
-                self.warnings.append(f"the remembered active model {key} failed to load and is no longer "
-                                     f"active ({exc}); 'hflocal use' makes it active again")
 
     def worker_status(self) -> WorkerStatus:
         pool = self.pool.status()
@@ -226,13 +202,13 @@ class Runtime:
             from agent.quickstart import ensure_default_model
 
             self._quickstart = asyncio.ensure_future(ensure_default_model(self))
-            self._quickstart.add_done_callback(_log_task_error)
+            self._quickstart.add_done_callback(log_task_error)
             return
         active = self.store.active
         if active is not None:
             entry = self.store.get(active)
             if entry is not None and entry.status == "ready":
-                self.activate(active)
+                self.activations.activate(active)
             elif entry is None:
                 self.warnings.append(f"the remembered active model {active} is not installed any more")
             else:
@@ -246,7 +222,7 @@ class Runtime:
             for job in self.downloads.resume_interrupted():
                 log.info("resuming the download of %s", job.key)
             self.warnings.extend(self.downloads.warnings)
-        except Exception:  # noqa: BLE001 - a resume bug must not take the worker down
+        except Exception:  # a resume bug must not take the worker down
             log.exception("resuming interrupted downloads failed")
 
     async def close(self) -> None:
@@ -258,11 +234,6 @@ class Runtime:
 async def _close_on(stop: asyncio.Event, feed: EventFeed) -> None:
     await stop.wait()
     feed.close()
-
-
-def _log_task_error(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("background task failed", exc_info=task.exception())
 
 
 __all__ = ["Runtime", "StoreCatalog"]

@@ -299,10 +299,10 @@ class Store:
                     raise ValueError(f"active variant {data.active!r} is not in the manifest")
                 self._variants, self._active = dict(data.variants), data.active
             except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
-                aside = self._move_aside(manifest)
+                aside, why = self._move_aside(manifest), " ".join(str(exc).split())[:200]
                 self._rebuild()
                 self.warnings.append(
-                    f"{manifest} was unreadable ({_one_line(exc)}): kept as {aside.name}, "
+                    f"{manifest} was unreadable ({why}): kept as {aside.name}, "
                     f"rebuilt {len(self._variants)} variant(s) from the cache"
                 )
         self._reconcile()
@@ -397,6 +397,3 @@ def _validate_entry(key: str, entry: VariantEntry) -> None:
     if any(os.path.isabs(f) or ".." in Path(f).parts for f in entry.files):
         raise ValueError(f"entry {key!r} names a file outside its folder")
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:200]

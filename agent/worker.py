@@ -22,6 +22,7 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -106,7 +107,7 @@ def _check_exposure(settings: Settings) -> None:
 
 def _take_lock(paths: Paths) -> IO[str]:
     """Hold ``agent.lock`` for the life of the process: one worker per home."""
-    handle = open(paths.lock, "a+")  # noqa: SIM115 - held until exit
+    handle = open(paths.lock, "a+")  # held until exit
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -117,7 +118,7 @@ def _take_lock(paths: Paths) -> IO[str]:
         try:
             info = read_connection(paths.connection)
             detail = f" (pid {info.pid}, {info.http_url})"
-        except Exception:  # noqa: BLE001
+        except Exception:  # an unreadable agent.json: the message goes without the details
             pass
         raise StartupError(
             f"another hflocal agent is already running for {paths.home}{detail}; stop it with `hflocal stop`"
@@ -211,14 +212,15 @@ async def _main(paths: Paths, settings: Settings, options: WorkerOptions) -> int
     try:
         try:
             publisher = EventPublisher(ctx, settings.zmq.events, session)
-            runtime = Runtime(paths, settings, publisher.events, session=session, http_url=http_url, started=started, stop=stop)
+            runtime = Runtime(paths, settings, publisher.events, session=session, http_url=http_url, started=started,
+                              stop=stop)
             server = RequestServer(ctx, settings.zmq.request, token, runtime.handle)
         except BindError as exc:
             raise StartupError(str(exc)) from None
         tasks = [
             asyncio.ensure_future(server.run(stop)),
             asyncio.ensure_future(runtime.serve_http(http_sock, stop)),
-            asyncio.ensure_future(_heartbeat(runtime, publisher, http_url, stop)),
+            asyncio.ensure_future(_heartbeat(runtime.worker_status, publisher.publish, stop)),
         ]
         if options.parent_pid:
             tasks.append(asyncio.ensure_future(_watch_parent(options.parent_pid, stop)))
@@ -264,18 +266,17 @@ async def _main(paths: Paths, settings: Settings, options: WorkerOptions) -> int
         log.info("agent stopped")
 
 
-async def _heartbeat(runtime: object, publisher: EventPublisher, http_url: str, stop: asyncio.Event) -> None:
-    from agent.runtime import Runtime
-
-    assert isinstance(runtime, Runtime)
+async def _heartbeat(status: Callable[[], WorkerStatus], publish: Callable[[WorkerStatus], None],
+                     stop: asyncio.Event) -> None:
+    """``publish(status())`` every ``HEARTBEAT_S`` until ``stop``."""
     while not stop.is_set():
         try:
-            publisher.publish(runtime.worker_status())
-        except Exception:  # noqa: BLE001 - a heartbeat bug must not take the worker down
+            publish(status())
+        except Exception:  # a heartbeat bug must not take the worker down
             log.exception("heartbeat failed")
         try:
             await asyncio.wait_for(stop.wait(), HEARTBEAT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
 
@@ -288,5 +289,5 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Event) -> None:
             return
         try:
             await asyncio.wait_for(stop.wait(), 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass

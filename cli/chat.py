@@ -125,7 +125,7 @@ def _api_key(info: ConnectionInfo) -> str | None:
         from agent.settings import load_settings
 
         return load_settings(Path(info.home) / "settings.toml").http.api_key
-    except Exception:  # noqa: BLE001 - an unreadable settings file is the agent's problem to report
+    except Exception:  # an unreadable settings file is the agent's problem to report
         return None
 
 
