@@ -27,6 +27,7 @@ from ipc.messages import (
 )
 from tests.hubserver import HubServer
 from tests.support.agentproc import AgentProcess
+from tests.support.worker import EventRecorder
 from tests.web.conftest import BIG, TINY, TINY_REPLY, Api, variant_key
 
 
@@ -177,6 +178,28 @@ def test_the_event_stream_can_be_filtered_and_ends_when_the_agent_stops(agent: A
         assert first["topic"] == "model.installed_changed"
         assert agent.stop() == 0
         assert [line for line in lines if line] == []  # the stream ended with the worker: no hang, no error
+
+
+def test_both_doors_carry_the_same_stamped_event(agent: AgentProcess, api: Api) -> None:
+    """One publisher stamps each event once: the page's stream and a ZeroMQ subscriber see the same
+    session and time; the heartbeat goes out on ZeroMQ only, as it always did."""
+    with api.client.stream("GET", "/api/events", headers=api.headers(), timeout=60) as stream, \
+            EventRecorder(agent.info, ("download.",)) as zmq_events:
+        lines = stream.iter_lines()
+        assert next(lines) == "retry: 3000"
+        zmq_events.wait_connected()  # a heartbeat was published while the stream was open
+        accepted = api.post("/api/downloads", {"model_id": TINY, "quantization": "q4"})
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.json()["job_id"]
+        seen = collect(sse_events(lines), lambda seen: seen[-1]["topic"] in ("download.finished", "download.failed"))
+        zmq_events.wait_for(lambda t, e: t == "download.finished" and e["job_id"] == job_id, 30, "download.finished")
+        over_zmq = [e for _, e in zmq_events.of_job(job_id)]
+    over_sse = [e for e in seen if e.get("job_id") == job_id]
+    assert over_sse and over_sse[-1]["topic"] == "download.finished"
+    assert over_sse == over_zmq  # every field, the stamp included
+    assert all(e["session"] == agent.info.session and e["time"] > 0 for e in over_sse)
+    assert not [e for e in seen if e["topic"].startswith("worker.")]
+    assert "worker.status" in zmq_events.topics("worker.")
 
 
 def test_too_many_event_streams_are_refused(api: Api) -> None:
