@@ -58,8 +58,9 @@ class OptimumAttention:
 
     def prepare(self, g: GraphBuilder, shape: LlamaShape, inputs: DecoderInputs) -> None:
         hd = shape.head_dim
-        if shape.rotary_dim not in (None, hd) or (shape.rope_scaling and shape.rope_scaling.rope_type == "longrope"):
-            raise ValueError("partial rotary and longrope embeddings need the fused graph")
+        longrope = shape.rope_scaling is not None and shape.rope_scaling.rope_type == "longrope"
+        if shape.rotary_dim not in (None, hd) or longrope or shape.no_rope_layers:
+            raise ValueError("partial rotary, longrope and layers without rotary embedding need the fused graph")
         # Rotary tables [B, S, 1, hd]; rotate_half(x) * sin == x[..., perm] * (sign * sin).
         pos = g.op("Cast", [inputs.position_ids], name="/rope/Cast", to=TensorProto.FLOAT)
         pos = g.op("Unsqueeze", [pos, g.const([-1])], name="/rope/Unsqueeze")
@@ -201,16 +202,18 @@ class FusedAttention:
         window = {}
         if shape.sliding_window is not None and shape.sliding_window < shape.max_position_embeddings:
             window["local_window_size"] = shape.sliding_window
+        rotary = index not in shape.no_rope_layers  # a NoPE layer (SmolLM3) attends without positions
+        rope = [self._cos, self._sin, self._positions] if rotary else []
         out, _, _ = g.op(
             "GroupQueryAttention",
-            [*qkv_inputs, past[0], past[1], self._seqlens, self._total, self._cos, self._sin, self._positions],
+            [*qkv_inputs, past[0], past[1], self._seqlens, self._total, *rope],
             name=f"/model/layers.{index}/attn/GroupQueryAttention",
             outputs=[f"/model/layers.{index}/attn/output", f"present.{index}.key", f"present.{index}.value"],
             domain=MS_DOMAIN,
             num_heads=shape.num_heads,
             kv_num_heads=shape.num_kv_heads,
             scale=float(shape.head_dim**-0.5),
-            do_rotary=1,
+            do_rotary=int(rotary),
             rotary_interleaved=0,
             **window,
         )

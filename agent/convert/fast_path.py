@@ -11,7 +11,7 @@ fused QKV and gate/up, a preallocated KV cache, last-position logits, the 8-bit 
 - the architecture comes from ``config.json`` (:func:`shape_from_config`); families whose extras the
   fused graph writes: Llama (incl. Llama-3 rope scaling), Mistral (sliding window), Qwen2 (q/k/v
   biases), Qwen3 (q/k norms), Phi-3 / 3.5 / 4-mini (fused qkv and gate/up read apart, longrope,
-  partial rotary); anything else keeps the original graph;
+  partial rotary), SmolLM3 (layers without rotary embedding); anything else keeps the original graph;
 - the result is cached beside the download (``<repo>/.hflocal-fast/<commit>/`` for a Hub snapshot,
   ``<folder>/.hflocal-fast/`` otherwise) with a stamp naming the source file and the converter's own
   fingerprint (a hash of the converter's sources and onnx/onnxruntime versions), so a changed
@@ -47,11 +47,11 @@ log = logging.getLogger(__name__)
 
 STAMP = "stamp.json"
 ALREADY_FUSED = "already a fused graph"
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3")
 """``model_type`` values whose decoder the fused graph writes exactly."""
 _SOURCES = (
     "attention.py", "fast_path.py", "graph_builder.py", "linear.py", "llama_graph.py", "llama_shape.py",
-    "onnx_weights.py", "quantize.py", "weight_forms.py",
+    "onnx_weights.py", "qkv_extras.py", "quantize.py", "weight_forms.py",
 )
 
 
@@ -113,13 +113,16 @@ def shape_from_config(config: dict[str, Any]) -> LlamaShape:
                 f"rope scaling {kind!r} is not on the fast path (supported: linear, llama3, longrope)"
             )
     window = c.get("sliding_window")
-    if family == "qwen2" or family == "qwen3":
+    if family in ("qwen2", "qwen3", "smollm3"):
         window = window if c.get("use_sliding_window") else None
+    if window and family == "smollm3":
+        raise NotOnFastPath("SmolLM3's sliding-window layers are not on the fast path")
+    layers = integer("num_hidden_layers")
     return LlamaShape(
         vocab_size=integer("vocab_size"),
         hidden_size=hidden,
         intermediate_size=integer("intermediate_size"),
-        num_layers=integer("num_hidden_layers"),
+        num_layers=layers,
         num_heads=heads,
         num_kv_heads=integer("num_key_value_heads", heads),
         head_dim=head_dim,
@@ -131,7 +134,22 @@ def shape_from_config(config: dict[str, Any]) -> LlamaShape:
         rope_scaling=scaling,
         sliding_window=window if isinstance(window, int) and window > 0 else None,
         rotary_dim=None if rotary == head_dim else rotary,
+        no_rope_layers=_no_rope_layers(c, layers) if family == "smollm3" else (),
     )
+
+
+def _no_rope_layers(c: dict[str, Any], layers: int) -> tuple[int, ...]:
+    """SmolLM3's ``no_rope_layers`` (1: the layer has a rotary embedding, 0: it has none) as the
+    indices without; absent, every ``no_rope_layer_interval``-th layer has none (transformers' rule)."""
+    flags = c.get("no_rope_layers")
+    if flags is None:
+        interval = c.get("no_rope_layer_interval", 4)
+        if not isinstance(interval, int) or interval <= 0:
+            raise NotOnFastPath(f"config.json no_rope_layer_interval = {interval!r} is not a positive integer")
+        flags = [int((i + 1) % interval != 0) for i in range(layers)]
+    if not isinstance(flags, list) or len(flags) != layers or any(f not in (0, 1) for f in flags):
+        raise NotOnFastPath(f"config.json no_rope_layers is not {layers} flags of 0 or 1")
+    return tuple(i for i, f in enumerate(flags) if not f)
 
 
 def _longrope(c: dict[str, Any], rope: dict[str, Any], max_positions: int) -> RopeScaling:

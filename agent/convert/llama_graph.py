@@ -28,10 +28,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto
 
-from agent.convert.attention import AttentionLayout, DecoderInputs, FusedAttention, OptimumAttention, ProjectedQKV
+from agent.convert.attention import AttentionLayout, DecoderInputs, FusedAttention, OptimumAttention
 from agent.convert.graph_builder import MS_DOMAIN, GraphBuilder
 from agent.convert.linear import AUTO_ACCURACY, EXACT_INPUT_ACCURACY, AccuracyLevel, LinearEmitter
 from agent.convert.llama_shape import LlamaShape
+from agent.convert.qkv_extras import qkv_extras, rms_norm
 from agent.convert.quantize import BlockQuantized
 from agent.convert.weight_forms import (
     QUANT_FILES,
@@ -164,15 +165,7 @@ class _Decoder:
         self._row_scales = ""  # its scales as [V, blocks, 1], the layout GatherBlockQuantized takes
 
     def _norm(self, x: str, weight: Weight, name: str) -> str:
-        """RMSNorm in plain opset-17 ops, in the exact pattern onnxruntime fuses into one
-        SimplifiedLayerNormalization kernel (that op itself is not valid ONNX for the checker)."""
-        g, p = self.g, f"/{name}"
-        w = g.initializer(f"{name}.weight", as_float(weight))
-        sq = g.op("Pow", [x, g.const(2.0, np.float32)], name=f"{p}/Pow")
-        mean = g.op("ReduceMean", [sq], name=f"{p}/ReduceMean", axes=[-1], keepdims=1)
-        eps = g.op("Add", [mean, g.const(float(self.shape.rms_norm_eps), np.float32)], name=f"{p}/Add")
-        normed = g.op("Div", [x, g.op("Sqrt", [eps], name=f"{p}/Sqrt")], name=f"{p}/Div")
-        return str(g.op("Mul", [normed, w], name=f"{p}/Mul"))
+        return rms_norm(self.g, x, weight, name, self.shape.rms_norm_eps)
 
     def build(self, weights: Mapping[str, Weight], progress: Progress | None) -> None:
         g, s = self.g, self.shape
@@ -344,40 +337,6 @@ class _Decoder:
         )
         g.op("ScatterElements", [approx, top, exact], name="/lm_head/ScatterElements", outputs=["logits"], axis=-1)
 
-    def _qkv_extras(self, qkv: str | list[str], i: int, weights: Mapping[str, Weight]) -> ProjectedQKV:
-        """The projected q/k/v with what some families add to Llama's: biases (Qwen2) and a per-head
-        RMSNorm of q and k before the rotary embedding (Qwen3), both found among the weights."""
-        g, s, p = self.g, self.shape, f"model.layers.{i}.self_attn"
-        biases = [weights.get(f"{p}.{n}_proj.bias") for n in "qkv"]
-        norms = [weights.get(f"{p}.{n}_norm.weight") for n in "qk"]
-        if all(b is None for b in biases + norms):
-            return ProjectedQKV(fused=qkv) if isinstance(qkv, str) else ProjectedQKV(None, *qkv)
-        sizes = [s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.num_kv_heads * s.head_dim]
-        if any(b is not None for b in biases):
-            biases = [np.zeros(n, np.float32) if b is None else as_float(b).reshape(-1) for b, n in zip(biases, sizes)]
-        if isinstance(qkv, str) and biases[0] is not None:
-            init = g.initializer(f"{p}.qkv_proj.bias", np.concatenate(biases))
-            qkv = str(g.op("Add", [qkv, init], name=f"/{p}/qkv_proj/Add"))
-            biases = [None, None, None]
-        if isinstance(qkv, str) and all(n is None for n in norms):
-            return ProjectedQKV(fused=qkv)
-        if isinstance(qkv, str):
-            parts = list(g.op("Split", [qkv, g.const(sizes)], name=f"/{p}/Split", outputs=3, axis=-1))
-        else:
-            parts = list(qkv)
-        for j, (name, b) in enumerate(zip("qkv", biases)):
-            if b is not None:
-                init = g.initializer(f"{p}.{name}_proj.bias", b)
-                parts[j] = str(g.op("Add", [parts[j], init], name=f"/{p}/{name}_proj/Add"))
-        for j, (name, norm) in enumerate(zip("qk", norms)):
-            if norm is not None:
-                heads = s.num_heads if name == "q" else s.num_kv_heads
-                x = g.op("Reshape", [parts[j], g.const([0, 0, heads, s.head_dim])], name=f"/{p}/{name}_norm/Reshape")
-                x = self._norm(x, norm, f"{p}.{name}_norm")
-                flat = g.const([0, 0, heads * s.head_dim])
-                parts[j] = str(g.op("Reshape", [x, flat], name=f"/{p}/{name}_norm/Reshape"))
-        return ProjectedQKV(None, *parts)
-
     def _layer(self, residual: str, delta: str, i: int, weights: Mapping[str, Weight]) -> tuple[str, str]:
         g, s, lin = self.g, self.shape, self.layer_lin
         p = f"model.layers.{i}"
@@ -387,7 +346,7 @@ class _Decoder:
 
         h, residual = self._add_norm(residual, delta, weights[f"{p}.input_layernorm.weight"], f"{p}.input_layernorm")
         qkv = self.qkv_lin.fused(h, [w(f"self_attn.{n}_proj") for n in "qkv"], f"{p}.self_attn.qkv_proj")
-        projected = self._qkv_extras(qkv, i, weights)
+        projected = qkv_extras(g, s, qkv, i, weights)
         past = (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
         attn = self.attn.layer(g, s, i, projected, past)
         o = lin.linear(attn, w("self_attn.o_proj"), f"{p}.self_attn.o_proj")

@@ -75,6 +75,7 @@ class LlamaShape:
     rope_freq_factors: tuple[float, ...] | None = None
     sliding_window: int | None = None  # Mistral-style local attention: each query sees this many keys
     rotary_dim: int | None = None  # partial rotary (Phi-4-mini): only the first rotary_dim of head_dim rotate
+    no_rope_layers: tuple[int, ...] = ()  # SmolLM3's NoPE layers: indices of layers without rotary embedding
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

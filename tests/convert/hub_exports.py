@@ -7,7 +7,7 @@ ChatML tokenizer, exported by ``agent.convert.checkpoint.export_checkpoint`` (op
 ``onnx/model.onnx``, ``model_fp16.onnx``, ``model_quantized.onnx``, ``model_q4.onnx``) into
 ``OUT/<family>/repo``, a ``-web`` style repo with only ``onnx/model_q4f16.onnx`` into ``OUT/<family>/web``,
 and what transformers itself generates greedily for :data:`PROMPT` into
-``OUT/<family>/transformers.json``. Run in a child process so the test process never imports torch.
+``OUT/<family>/transformers.json`` (and, with fp16-rounded weights, ``transformers_fp16.json``). Run in a child process so the test process never imports torch.
 """
 
 from __future__ import annotations
@@ -63,7 +63,10 @@ FAMILIES: dict[str, dict[str, Any]] = {
             "long_factor": [1.0 + 0.7 * i for i in range(24)],
         },
     },
+    # SmolLM3: layers without a rotary embedding (NoPE; here the second of two).
+    "smollm3": {"model_type": "smollm3", "no_rope_layers": [1, 0]},
 }
+FP16_REFERENCE = "transformers_fp16.json"
 LONG_TOP1 = "transformers_long_top1.json"
 """Families with ``original_max_position_embeddings``: transformers' argmax at every position of one
 forward over ``TEACHER`` (longer than that context, so the long rope factors apply)."""
@@ -113,6 +116,22 @@ def build(out: Path, family: str) -> None:
         with torch.no_grad():
             logits = model(torch.tensor([TEACHER])).logits
         (out / family / LONG_TOP1).write_text(json.dumps(logits[0].argmax(-1).tolist()))
+    _greedy_fp16_weights(model, ids, out / family / FP16_REFERENCE)  # last: it rounds the weights
+
+
+def _greedy_fp16_weights(model: Any, ids: Any, path: Path) -> None:
+    """What transformers generates with every weight rounded to fp16 (computing in fp32, as the fp16
+    rewrite does): the reference for fp16 files, which a random model's rounding can sway from fp32."""
+    import torch
+
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.half().float())
+        generated = model.generate(
+            ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+            do_sample=False,
+        )
+    path.write_text(json.dumps(generated[0, ids.shape[1]:].tolist()))
 
 
 def _web_repo(repo: Path, web: Path) -> None:
