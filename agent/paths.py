@@ -6,17 +6,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
+from common.home import APP_NAME, default_home, resolve_home
 
-APP_NAME = "hflocal"
-
-
-def default_home() -> Path:
-    """``$HFLOCAL_HOME`` if set, else the platform's user data dir (e.g. ``~/.local/share/hflocal``)."""
-    env = os.environ.get("HFLOCAL_HOME")
-    if env:
-        return Path(env).expanduser().resolve()
-    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False)).resolve()
+__all__ = ["APP_NAME", "Paths", "default_home"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +20,7 @@ class Paths:
 
     @classmethod
     def for_home(cls, home: Path | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Paths:
-        home = Path(home) if home is not None else default_home()
+        home = resolve_home(home)
         cache = Path(cache_dir).expanduser().resolve() if cache_dir else home / "cache"
         return cls(home=home, cache=cache)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import builtins
 import os
-import tempfile
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +34,7 @@ from agent.errors import BadRequestError, NotFoundError
 from agent.model_kinds import Kind
 from agent.paths import Paths
 from agent.variants import KEY_PREFIX, InvalidNameError, VariantKey, looks_like_key, validate_model_id
+from common.files import atomic_write
 from ipc.messages import InstalledModel
 
 MANIFEST_VERSION = 1
@@ -364,27 +364,6 @@ class Store:
     def _save(self) -> None:
         data = _Manifest(version=MANIFEST_VERSION, active=self._active, variants=dict(sorted(self._variants.items())))
         atomic_write(self.paths.manifest, msgspec.json.format(msgspec.json.encode(data), indent=2) + b"\n")
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` so a crash leaves the old or the new content, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _validate_entry(key: str, entry: VariantEntry) -> None:

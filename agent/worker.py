@@ -35,6 +35,7 @@ from agent import __version__
 from agent.log_records import CappedFormatter, log_thread_errors
 from agent.paths import Paths, default_home
 from agent.settings import Settings, SettingsError, load_settings
+from common.loopback import is_loopback
 from ipc.connection import ConnectionInfo, pid_alive, read_connection, remove_connection, write_connection
 from ipc.events import EventPublisher
 from ipc.messages import WorkerStatus
@@ -87,14 +88,10 @@ _ENDPOINT = re.compile(r"^(tcp://[^\s:]+:\d{1,5}|ipc://\S+)$")
 """What ``--zmq-request``/``--zmq-events`` accept (the same rule as settings.toml's [zmq])."""
 
 
-def _is_loopback(host: str) -> bool:
-    return host in {"127.0.0.1", "localhost", "::1"} or host.startswith("127.")
-
-
 def _check_exposure(settings: Settings) -> None:
     """Binding beyond loopback is opt-in and then requires an API key."""
     host = settings.http.host
-    if _is_loopback(host):
+    if is_loopback(host):
         return
     if not settings.http.allow_non_loopback:
         raise StartupError(

@@ -9,14 +9,14 @@ for the answer to a later call), and an ``unauthorized`` reply makes the client 
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import msgspec
 import zmq
 import zmq.asyncio
 
+from common.home import resolve_home
 from ipc.connection import ConnectionInfo, read_connection
 from ipc.messages import RESULT_TYPES, Error, Message, Ok, Request, encode, reply_decoder
 
@@ -40,12 +40,8 @@ class CallTimeout(TimeoutError):
 
 
 def agent_json_path(home: Path | str | None) -> Path:
-    if home is None:
-        from platformdirs import user_data_dir
-
-        env = os.environ.get("HFLOCAL_HOME")
-        home = Path(env) if env else Path(user_data_dir("hflocal", appauthor=False))
-    return Path(home) / "agent.json"
+    """``agent.json`` under ``home``, or under the home the agent itself would use (``HFLOCAL_HOME`` ...)."""
+    return resolve_home(home) / "agent.json"
 
 
 class _Base:
@@ -86,7 +82,7 @@ class _Base:
             reply = reply_decoder.decode(frames[-1])
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
             return None
-        return cast("Ok | Error", reply) if reply.id == call_id else None
+        return reply if reply.id == call_id else None
 
     def close(self) -> None:
         self._reset()

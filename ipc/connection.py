@@ -7,11 +7,11 @@ read by every client. A file whose pid is no longer alive is stale: clients trea
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import msgspec
 
+from common.files import atomic_write
 from ipc.messages import PROTOCOL_VERSION
 
 
@@ -36,7 +36,8 @@ class AgentNotRunning(RuntimeError):
     def __init__(self, home: Path, detail: str = "") -> None:
         extra = f" ({detail})" if detail else ""
         super().__init__(
-            f"no hflocal agent is running for {home}{extra}; start one with `hflocal serve` (headless) or `hflocal tray`"
+            f"no hflocal agent is running for {home}{extra}; "
+            "start one with `hflocal serve` (headless) or `hflocal tray`"
         )
         self.home = home
 
@@ -65,20 +66,7 @@ def pid_alive(pid: int) -> bool:
 def write_connection(path: Path, info: ConnectionInfo) -> None:
     """Atomically write ``agent.json`` readable by the user only."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".agent.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.json.format(msgspec.json.encode(info)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, msgspec.json.format(msgspec.json.encode(info)), mode=0o600)
 
 
 def read_connection(path: Path, *, require_alive: bool = True) -> ConnectionInfo:

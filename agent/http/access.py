@@ -28,10 +28,10 @@ from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from common.loopback import is_loopback
 from ipc.connection import AgentNotRunning, read_connection
 
 COOKIE_PREFIX = "hflocal_token_"
-LOOPBACK_NAMES = frozenset({"localhost"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
@@ -44,20 +44,6 @@ def set_cookie_header(port: int, token: str) -> str:
     """``Set-Cookie`` value for a token accepted from ``/?token=``: a session cookie, script-proof
     (HttpOnly) and never sent by requests that another site starts (SameSite=Strict)."""
     return f"{cookie_name(port)}={token}; Path=/; HttpOnly; SameSite=Strict"
-
-
-def is_loopback(hostname: str) -> bool:
-    """``localhost``, any ``127.0.0.0/8`` address or ``::1`` (IPv4-mapped forms included)."""
-    name = hostname.lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 def split_host(value: str) -> tuple[str, int | None] | None:
