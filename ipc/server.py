@@ -22,18 +22,21 @@ import zmq.asyncio
 from ipc.messages import (
     MAX_REQUEST_BYTES,
     PROTOCOL_VERSION,
+    RESULT_TYPES,
     Error,
     Message,
     Ok,
-    RESULT_TYPES,
     Request,
     encode,
     request_decoder,
+    tag_of,
 )
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Message]]
+
+WRONG_TOKEN = "missing or wrong token (see agent.json)"
 
 MAX_IN_FLIGHT = 256
 """Requests handled at once; more are answered ``busy`` at once rather than queued without bound."""
@@ -54,7 +57,8 @@ def bind(socket: zmq.Socket[Any], endpoint: str, what: str) -> str:
         socket.close(linger=0)  # an unclosed socket would make Context.term() hang
         why = "is another hflocal agent or another program using it? " if exc.errno == errno.EADDRINUSE else ""
         raise BindError(
-            f"cannot bind the ZeroMQ {what} socket to {endpoint}: {exc.strerror} ({why}change it in settings.toml [zmq])"
+            f"cannot bind the ZeroMQ {what} socket to {endpoint}: {exc.strerror} "
+            f"({why}change it in settings.toml [zmq])"
         ) from None
     return socket.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -130,7 +134,7 @@ class RequestServer:
         # client without the token learns nothing (not the request types, not which fields are wrong).
         token = _peek_token(payload)
         if token is not None and not hmac.compare_digest(token, self._token):
-            self._send(envelope, Error(id=request_id, code="unauthorized", message="missing or wrong token (see agent.json)"))
+            self._send(envelope, Error(id=request_id, code="unauthorized", message=WRONG_TOKEN))
             return
         try:
             request = request_decoder.decode(payload)
@@ -138,7 +142,7 @@ class RequestServer:
             self._send(envelope, Error(id=request_id, code="bad_request", message=_explain_decode(payload, exc)))
             return
         if not hmac.compare_digest(request.token.encode(), self._token):
-            self._send(envelope, Error(id=request.id, code="unauthorized", message="missing or wrong token (see agent.json)"))
+            self._send(envelope, Error(id=request.id, code="unauthorized", message=WRONG_TOKEN))
             return
         if request.protocol != PROTOCOL_VERSION:
             self._send(
@@ -214,7 +218,7 @@ def _explain_decode(payload: bytes, exc: Exception) -> str:
     if not isinstance(value, dict):
         return f"cannot decode request: expected a msgpack map with a 'type' field, got {type(value).__name__}"
     kind = value.get("type")
-    known = sorted(t.__struct_config__.tag for t in RESULT_TYPES)  # type: ignore[misc]
+    known = sorted(tag_of(t) for t in RESULT_TYPES)
     if kind is None:
         return "cannot decode request: missing 'type' field"
     if kind not in known:
