@@ -59,8 +59,10 @@ class OptimumAttention:
     def prepare(self, g: GraphBuilder, shape: LlamaShape, inputs: DecoderInputs) -> None:
         hd = shape.head_dim
         longrope = shape.rope_scaling is not None and shape.rope_scaling.rope_type == "longrope"
-        if shape.rotary_dim not in (None, hd) or longrope or shape.no_rope_layers:
-            raise ValueError("partial rotary, longrope and layers without rotary embedding need the fused graph")
+        if shape.rotary_dim not in (None, hd) or longrope or shape.no_rope_layers or shape.attn_softcap:
+            raise ValueError(
+                "partial rotary, longrope, layers without rotary embedding and soft-capping need the fused graph"
+            )
         # Rotary tables [B, S, 1, hd]; rotate_half(x) * sin == x[..., perm] * (sign * sin).
         pos = g.op("Cast", [inputs.position_ids], name="/rope/Cast", to=TensorProto.FLOAT)
         pos = g.op("Unsqueeze", [pos, g.const([-1])], name="/rope/Unsqueeze")
@@ -199,9 +201,12 @@ class FusedAttention:
         else:
             assert qkv.q and qkv.k and qkv.v
             qkv_inputs = [qkv.q, qkv.k, qkv.v]
-        window = {}
+        extra: dict[str, int | float] = {}
         if shape.sliding_window is not None and shape.sliding_window < shape.max_position_embeddings:
-            window["local_window_size"] = shape.sliding_window
+            if shape.sliding_layers is None or index in shape.sliding_layers:
+                extra["local_window_size"] = shape.sliding_window
+        if shape.attn_softcap:
+            extra["softcap"] = float(shape.attn_softcap)
         rotary = index not in shape.no_rope_layers  # a NoPE layer (SmolLM3) attends without positions
         rope = [self._cos, self._sin, self._positions] if rotary else []
         out, _, _ = g.op(
@@ -212,9 +217,9 @@ class FusedAttention:
             domain=MS_DOMAIN,
             num_heads=shape.num_heads,
             kv_num_heads=shape.num_kv_heads,
-            scale=float(shape.head_dim**-0.5),
+            scale=float(shape.attention_scale or shape.head_dim**-0.5),
             do_rotary=int(rotary),
             rotary_interleaved=0,
-            **window,
+            **extra,
         )
         return str(out)

@@ -11,7 +11,8 @@ fused QKV and gate/up, a preallocated KV cache, last-position logits, the 8-bit 
 - the architecture comes from ``config.json`` (:func:`shape_from_config`); families whose extras the
   fused graph writes: Llama (incl. Llama-3 rope scaling), Mistral (sliding window), Qwen2 (q/k/v
   biases), Qwen3 (q/k norms), Phi-3 / 3.5 / 4-mini (fused qkv and gate/up read apart, longrope,
-  partial rotary), SmolLM3 (layers without rotary embedding); anything else keeps the original graph;
+  partial rotary), SmolLM3 (layers without rotary embedding), Gemma 2 (soft-caps, sliding layers,
+  query scale, embedding scale, norms after attention and MLP); anything else keeps the original graph;
 - the result is cached beside the download (``<repo>/.hflocal-fast/<commit>/`` for a Hub snapshot,
   ``<folder>/.hflocal-fast/`` otherwise) with a stamp naming the source file and the converter's own
   fingerprint (a hash of the converter's sources and onnx/onnxruntime versions), so a changed
@@ -32,6 +33,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 import onnx
 
 from agent.convert.fast_cache import cache_dir_for
@@ -47,7 +49,7 @@ log = logging.getLogger(__name__)
 
 STAMP = "stamp.json"
 ALREADY_FUSED = "already a fused graph"
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma2")
 """``model_type`` values whose decoder the fused graph writes exactly."""
 _SOURCES = (
     "attention.py", "fast_path.py", "graph_builder.py", "linear.py", "llama_graph.py", "llama_shape.py",
@@ -118,6 +120,7 @@ def shape_from_config(config: dict[str, Any]) -> LlamaShape:
     if window and family == "smollm3":
         raise NotOnFastPath("SmolLM3's sliding-window layers are not on the fast path")
     layers = integer("num_hidden_layers")
+    gemma = _gemma2(c, hidden, layers) if family == "gemma2" else {}
     return LlamaShape(
         vocab_size=integer("vocab_size"),
         hidden_size=hidden,
@@ -135,7 +138,33 @@ def shape_from_config(config: dict[str, Any]) -> LlamaShape:
         sliding_window=window if isinstance(window, int) and window > 0 else None,
         rotary_dim=None if rotary == head_dim else rotary,
         no_rope_layers=_no_rope_layers(c, layers) if family == "smollm3" else (),
+        **gemma,
     )
+
+
+def _gemma2(c: dict[str, Any], hidden: int, layers: int) -> dict[str, Any]:
+    """Gemma 2's extras as :class:`LlamaShape` fields. Its exports store the norms' (1 + w) already
+    folded into one initializer, which is what the reader takes."""
+    if c.get("hidden_activation", c.get("hidden_act")) not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise NotOnFastPath(f"Gemma's activation {c.get('hidden_activation')!r} is not on the fast path")
+    types = c.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)]
+    if not isinstance(types, list) or len(types) != layers:
+        raise NotOnFastPath(f"config.json layer_types is not a list of {layers}")
+    scalar = c.get("query_pre_attn_scalar")
+
+    def cap(key: str) -> float | None:
+        value = c.get(key)
+        return float(value) if isinstance(value, int | float) and value > 0 else None
+
+    return {
+        "sliding_layers": tuple(i for i, t in enumerate(types) if t == "sliding_attention"),
+        "attention_scale": float(scalar) ** -0.5 if isinstance(scalar, int | float) and scalar > 0 else None,
+        "attn_softcap": cap("attn_logit_softcapping"),
+        "final_softcap": cap("final_logit_softcapping"),
+        "embedding_scale": float(np.float32(hidden**0.5)),
+        "sandwich_norms": True,
+        "activation": "gelu_tanh",
+    }
 
 
 def _no_rope_layers(c: dict[str, Any], layers: int) -> tuple[int, ...]:
@@ -328,6 +357,8 @@ def _check(shape: LlamaShape, weights: dict[str, Any]) -> None:
             f"{p}.mlp.up_proj.weight": (shape.intermediate_size, h),
             f"{p}.mlp.down_proj.weight": (h, shape.intermediate_size),
         })
+        if shape.sandwich_norms:
+            expected.update({f"{p}.{n}_feedforward_layernorm.weight": (h,) for n in ("pre", "post")})
         optional.update({
             f"{p}.self_attn.q_proj.bias": (shape.num_heads * hd,),
             f"{p}.self_attn.k_proj.bias": (kv,),

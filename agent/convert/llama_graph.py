@@ -163,6 +163,9 @@ class _Decoder:
         self._table = ""  # float embedding initializer (a tied float head reuses it)
         self._shared_codes = ""  # lm_head code initializer the quantized embedding also gathers from
         self._row_scales = ""  # its scales as [V, blocks, 1], the layout GatherBlockQuantized takes
+        self._logits = "/lm_head/logits" if shape.final_softcap else "logits"  # before the soft-cap
+        if not fused and (shape.final_softcap or shape.embedding_scale or shape.sandwich_norms):
+            raise ValueError("Gemma's soft-caps, embedding scale and norms need the fused graph")
 
     def _norm(self, x: str, weight: Weight, name: str) -> str:
         return rms_norm(self.g, x, weight, name, self.shape.rms_norm_eps)
@@ -186,6 +189,8 @@ class _Decoder:
         head = prepare_head(embed if s.tie_word_embeddings else weights["lm_head.weight"], self.head_bits)
         x = self._embedding(inputs.input_ids, embed, head)
         del embed
+        if s.embedding_scale is not None:  # Gemma: sqrt(hidden), in float32 as transformers rounds it
+            x = str(g.op("Mul", [x, g.const(s.embedding_scale, np.float32)], name="/model/embed_tokens/Mul"))
         self.attn.prepare(g, s, inputs)
         if isinstance(self.attn, FusedAttention):
             # GroupQueryAttention may write the cache in place: the engine then preallocates it.
@@ -197,6 +202,10 @@ class _Decoder:
                 progress("build", i + 1, s.num_layers)
         x, _ = self._add_norm(residual, delta, weights["model.norm.weight"], "model.norm")
         self._lm_head(self._keep_last(x), head)
+        if s.final_softcap:  # Gemma 2: cap * tanh(logits / cap), after the exact rescoring (it keeps order)
+            cap = g.const(float(s.final_softcap), np.float32)
+            t = g.op("Tanh", [g.op("Div", [self._logits, cap], name="/lm_head/cap/Div")], name="/lm_head/cap/Tanh")
+            g.op("Mul", [t, cap], name="/lm_head/cap/Mul", outputs=["logits"])
 
     def _add_norm(self, residual: str, delta: str, weight: Weight, name: str) -> tuple[str, str]:
         """``(RMSNorm(residual + delta), residual + delta)``; ``delta`` "" means nothing to add. The
@@ -286,7 +295,7 @@ class _Decoder:
         if isinstance(head, BlockQuantized):
             rescore = head.zero_points is None
             logits = self.lin.matmul_nbits(
-                x, head, "lm_head", qweight=self._shared_codes or None, output=None if rescore else "logits"
+                x, head, "lm_head", qweight=self._shared_codes or None, output=None if rescore else self._logits
             )
             if rescore:
                 self._rescore(x, head, logits)
@@ -305,7 +314,7 @@ class _Decoder:
             name="/lm_head/Concat",
             axis=0,
         )
-        g.op("Reshape", [y, out_shape], name="/lm_head/Reshape", outputs=["logits"])
+        g.op("Reshape", [y, out_shape], name="/lm_head/Reshape", outputs=[self._logits])
 
     def _rescore(self, x: str, head: BlockQuantized, approx: str) -> None:
         """Two-stage lm_head: the fast MatMulNBits (int8 activations) ranks the vocabulary, then the
@@ -335,7 +344,7 @@ class _Decoder:
             "ReduceSum", [g.op("Mul", [rows, h], name="/lm_head/Mul"), g.const([-1])], name="/lm_head/ReduceSum",
             keepdims=0,
         )
-        g.op("ScatterElements", [approx, top, exact], name="/lm_head/ScatterElements", outputs=["logits"], axis=-1)
+        g.op("ScatterElements", [approx, top, exact], name="/lm_head/ScatterElements", outputs=[self._logits], axis=-1)
 
     def _layer(self, residual: str, delta: str, i: int, weights: Mapping[str, Weight]) -> tuple[str, str]:
         g, s, lin = self.g, self.shape, self.layer_lin
@@ -350,8 +359,10 @@ class _Decoder:
         past = (f"past_key_values.{i}.key", f"past_key_values.{i}.value")
         attn = self.attn.layer(g, s, i, projected, past)
         o = lin.linear(attn, w("self_attn.o_proj"), f"{p}.self_attn.o_proj")
-
         post = f"{p}.post_attention_layernorm"
+        if s.sandwich_norms:  # Gemma: the attention's output is normed before the residual add
+            o = self._norm(o, weights[f"{post}.weight"], post)
+            post = f"{p}.pre_feedforward_layernorm"
         h, residual = self._add_norm(residual, o, weights[f"{post}.weight"], post)
         out = lin.fused(h, [w("mlp.gate_proj"), w("mlp.up_proj")], f"{p}.mlp.gate_up_proj")
         if isinstance(out, str):
@@ -360,6 +371,13 @@ class _Decoder:
             )
         else:
             gate, up = out
-        act = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"/{p}/mlp/Sigmoid")], name=f"/{p}/mlp/Mul")
+        if s.activation == "gelu_tanh":
+            act = g.op("FastGelu", [gate], name=f"/{p}/mlp/FastGelu", domain=MS_DOMAIN)
+        else:
+            act = g.op("Mul", [gate, g.op("Sigmoid", [gate], name=f"/{p}/mlp/Sigmoid")], name=f"/{p}/mlp/Mul")
         act = g.op("Mul", [act, up], name=f"/{p}/mlp/Mul")
-        return residual, lin.linear(act, w("mlp.down_proj"), f"{p}.mlp.down_proj")
+        down = lin.linear(act, w("mlp.down_proj"), f"{p}.mlp.down_proj")
+        if s.sandwich_norms:
+            post = f"{p}.post_feedforward_layernorm"
+            down = self._norm(down, weights[f"{post}.weight"], post)
+        return residual, down

@@ -76,6 +76,16 @@ class LlamaShape:
     sliding_window: int | None = None  # Mistral-style local attention: each query sees this many keys
     rotary_dim: int | None = None  # partial rotary (Phi-4-mini): only the first rotary_dim of head_dim rotate
     no_rope_layers: tuple[int, ...] = ()  # SmolLM3's NoPE layers: indices of layers without rotary embedding
+    # Gemma 2: the window only on these layers (None: on every layer), the attention's own scale,
+    # tanh soft-caps of attention scores and final logits, the embedding scale, norms after attention
+    # and MLP as well as before, and the MLP's activation ("silu" or "gelu_tanh").
+    sliding_layers: tuple[int, ...] | None = None
+    attention_scale: float | None = None
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    embedding_scale: float | None = None
+    sandwich_norms: bool = False
+    activation: str = "silu"
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

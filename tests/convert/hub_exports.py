@@ -65,11 +65,22 @@ FAMILIES: dict[str, dict[str, Any]] = {
     },
     # SmolLM3: layers without a rotary embedding (NoPE; here the second of two).
     "smollm3": {"model_type": "smollm3", "no_rope_layers": [1, 0]},
+    # Gemma 2: (1+w) norms around attention and MLP, embedding scale, query_pre_attn_scalar, attention
+    # and final logit soft-capping (caps low enough to bite), every other layer a sliding window.
+    "gemma2": {
+        "model_type": "gemma2", "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 6,
+        "attn_logit_softcapping": 10.0, "final_logit_softcapping": 15.0,
+        "tie_word_embeddings": False,  # tied, the scaled embedding makes a random model echo its input
+        "layer_types": ["sliding_attention", "full_attention"],
+    },
 }
 FP16_REFERENCE = "transformers_fp16.json"
 LONG_TOP1 = "transformers_long_top1.json"
-"""Families with ``original_max_position_embeddings``: transformers' argmax at every position of one
-forward over ``TEACHER`` (longer than that context, so the long rope factors apply)."""
+"""For :data:`EXPORT_DEPARTS`: transformers' argmax at every position of one forward over ``TEACHER``
+(longer than the longrope families' original context, so their long rope factors apply)."""
+EXPORT_DEPARTS = {"phi3": "sdpa", "phi4mini": "sdpa", "gemma2": "eager"}
+"""Families whose optimum export computes otherwise than transformers (traced with longrope's short
+factors only; Gemma 2's attention soft-cap left out), with the attention transformers runs them with."""
 TEACHER = (PROMPT * 8)[:60]
 
 
@@ -89,7 +100,9 @@ def build(out: Path, family: str) -> None:
     }
     config = AutoConfig.for_model(model_type, **{**sizes, **spec})
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    # Eager attention where the family soft-caps its scores: transformers' sdpa path (and so
+    # optimum's export) leaves the cap out.
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=EXPORT_DEPARTS.get(family, "sdpa")).eval()
     std = 0.2 * (64 / config.hidden_size) ** 0.5  # the same activation scale at any width
     with torch.no_grad():
         for p in model.parameters():
@@ -112,7 +125,7 @@ def build(out: Path, family: str) -> None:
             do_sample=False,
         )
     (out / family / "transformers.json").write_text(json.dumps(generated[0, len(PROMPT):].tolist()))
-    if "original_max_position_embeddings" in spec:
+    if family in EXPORT_DEPARTS:
         with torch.no_grad():
             logits = model(torch.tensor([TEACHER])).logits
         (out / family / LONG_TOP1).write_text(json.dumps(logits[0].argmax(-1).tolist()))

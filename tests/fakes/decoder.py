@@ -18,6 +18,7 @@ class Decoder:
         self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
         self.past_names = [i.name for i in self.session.get_inputs() if i.name.startswith("past_key_values.")]
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.positions = any(i.name == "position_ids" for i in self.session.get_inputs())
         first = next(i for i in self.session.get_inputs() if i.name.startswith("past_key_values."))
         self.kv_heads, self.head_dim = int(first.shape[1]), int(first.shape[3])
         self.kv_dtype = np.float16 if first.type == "tensor(float16)" else np.float32  # q4f16 / fp16-I/O graphs
@@ -47,6 +48,8 @@ class Decoder:
             "position_ids": np.ascontiguousarray(position_ids, np.int64),
             **dict(zip(self.past_names, past, strict=True)),
         }
+        if not self.positions:  # Gemma's exports have no position_ids input
+            del feeds["position_ids"]
         out = self.session.run(self.output_names, feeds)
         return out[0].astype(np.float32, copy=False), out[1:]
 
