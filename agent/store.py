@@ -71,22 +71,10 @@ class VariantEntry(msgspec.Struct, frozen=True, kw_only=True):
     """The download job that wrote a ``downloading`` entry: a download resumed at start keeps it."""
 
     def to_installed(self, active_key: str | None) -> InstalledModel:
-        return InstalledModel(
-            key=self.key,
-            model_id=self.model_id,
-            name=self.name,
-            quantization=self.quantization,
-            device=self.device,
-            files=list(self.files),
-            size=self.size,
-            commit=self.commit,
-            downloaded_at=self.downloaded_at,
-            status=self.status,
-            error=self.error,
-            active=self.key == active_key,
-            source=self.source,
-            kind=self.kind,
-        )
+        """The wire view (``ipc.messages.InstalledModel``): every field the two share, by name, so a
+        field added to both is carried without another hand-written copy; plus whether it is active."""
+        shared = {name: getattr(self, name) for name in _INSTALLED_FIELDS}
+        return InstalledModel(**shared, files=list(self.files), active=self.key == active_key)
 
     def folder(self) -> Path:
         """``path`` with symlinks resolved (where the files really are)."""
@@ -99,6 +87,12 @@ class VariantEntry(msgspec.Struct, frozen=True, kw_only=True):
 
     def missing_files(self) -> list[str]:
         return [f for f in self.files if not (Path(self.path) / f).is_file()]
+
+
+_INSTALLED_FIELDS = tuple(
+    name for name in InstalledModel.__struct_fields__ if name in VariantEntry.__struct_fields__ and name != "files"
+)
+"""What a manifest entry and its wire view share (``files`` is copied: the entry's list stays its own)."""
 
 
 def new_entry(

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ui.state import DownloadRow, Snapshot, Variant, human_bytes, short_name, variant_label
+from ipc.messages import DownloadInfo
+from ui.state import Snapshot, Variant, human_bytes, short_name, variant_label
 
 # --------------------------------------------------------------------------- actions
 
@@ -98,7 +99,9 @@ def status_text(s: Snapshot) -> str:
         case "starting":
             return "Starting the runtime\u2026"
         case "restarting":
-            return _clip(f"Runtime stopped unexpectedly ({s.error}); restarting\u2026" if s.error else "Restarting the runtime\u2026")
+            if s.error:
+                return _clip(f"Runtime stopped unexpectedly ({s.error}); restarting\u2026")
+            return _clip("Restarting the runtime\u2026")
         case "stopping":
             return "Stopping the runtime\u2026"
         case "stopped":
@@ -151,7 +154,7 @@ def _models_menu(s: Snapshot) -> Entry:
     return Entry("Model", submenu=tuple(_model_item(s, v) for v in s.installed))
 
 
-def download_text(row: DownloadRow) -> str:
+def download_text(row: DownloadInfo) -> str:
     name = f"{short_name(row.model_id)} ({row.quantization})"
     if row.total_bytes <= 0:
         return f"{name} \u2014 starting\u2026"
@@ -159,7 +162,7 @@ def download_text(row: DownloadRow) -> str:
     return f"{name} \u2014 {percent}%"
 
 
-def _download_details(row: DownloadRow) -> str:
+def _download_details(row: DownloadInfo) -> str:
     parts = [f"{human_bytes(row.done_bytes)} of {human_bytes(row.total_bytes)}"]
     if row.rate_bps > 0:
         parts.append(f"{human_bytes(row.rate_bps)}/s")
@@ -193,7 +196,8 @@ def menu_entries(s: Snapshot) -> tuple[Item, ...]:
         SEPARATOR,
         Entry("Settings\u2026", OpenSettings(), enabled=ready and s.settings_url is not None),
         Entry("Copy API URL", CopyApiUrl(), enabled=s.api_url is not None),
-        Entry("Start at login", SetAutostart(not s.autostart), enabled=s.autostart is not None, checked=bool(s.autostart)),
+        Entry("Start at login", SetAutostart(not s.autostart), enabled=s.autostart is not None,
+              checked=bool(s.autostart)),
         SEPARATOR,
         Entry("Restart runtime", RestartRuntime(), enabled=s.runtime not in ("stopping", "starting")),
         Entry("Open logs", OpenLogs()),

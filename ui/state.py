@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import msgspec
+
 from ipc.messages import (
     DownloadCancelled,
     DownloadFailed,
@@ -57,18 +59,6 @@ class Variant:
 
 
 @dataclass(frozen=True, slots=True)
-class DownloadRow:
-    job_id: str
-    key: str
-    model_id: str
-    quantization: str
-    done_bytes: int = 0
-    total_bytes: int = 0
-    rate_bps: float = 0.0
-    eta_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class Notice:
     """A desktop notification to show. ``kind`` names why (tests and logs match on it)."""
 
@@ -90,7 +80,7 @@ class Snapshot:
     model_error: str | None = None
     provider: str | None = None
     installed: tuple[Variant, ...] = ()
-    downloads: tuple[DownloadRow, ...] = ()
+    downloads: tuple[DownloadInfo, ...] = ()
     error: str | None = None
     """Why the runtime is down (a crash, or the reason the supervisor gave up)."""
     crash: str | None = None
@@ -148,32 +138,19 @@ def human_bytes(n: float) -> str:
 # --------------------------------------------------------------------------- reducer
 
 
-def _row(info: DownloadInfo) -> DownloadRow:
-    return DownloadRow(
-        job_id=info.job_id,
-        key=info.key,
-        model_id=info.model_id,
-        quantization=info.quantization,
-        done_bytes=info.done_bytes,
-        total_bytes=info.total_bytes,
-        rate_bps=info.rate_bps,
-        eta_s=info.eta_s,
-    )
-
-
-def _without(rows: tuple[DownloadRow, ...], job_id: str) -> tuple[DownloadRow, ...]:
+def _without(rows: tuple[DownloadInfo, ...], job_id: str) -> tuple[DownloadInfo, ...]:
     return tuple(r for r in rows if r.job_id != job_id)
 
 
-def _find(rows: tuple[DownloadRow, ...], job_id: str, key: str) -> DownloadRow:
+def _find(rows: tuple[DownloadInfo, ...], job_id: str, key: str) -> DownloadInfo:
     for row in rows:
         if row.job_id == job_id:
             return row
     model, quant, _ = split_key(key)
-    return DownloadRow(job_id=job_id, key=key, model_id=model, quantization=quant)
+    return DownloadInfo(job_id=job_id, key=key, model_id=model, quantization=quant)
 
 
-def _upsert(rows: tuple[DownloadRow, ...], row: DownloadRow) -> tuple[DownloadRow, ...]:
+def _upsert(rows: tuple[DownloadInfo, ...], row: DownloadInfo) -> tuple[DownloadInfo, ...]:
     if any(r.job_id == row.job_id for r in rows):
         return tuple(row if r.job_id == row.job_id else r for r in rows)
     return (*rows, row)
@@ -191,7 +168,8 @@ def reduce(s: Snapshot, obs: object) -> Result:
         case WorkerUp(info=info, attached=attached):
             notices: tuple[Notice, ...] = ()
             if s.crash is not None:
-                notices = (Notice("restarted", "hflocal runtime restarted", f"It had stopped unexpectedly ({s.crash}) and is running again."),)
+                again = f"It had stopped unexpectedly ({s.crash}) and is running again."
+                notices = (Notice("restarted", "hflocal runtime restarted", again),)
             return replace(s, runtime="ready", pid=info.pid, attached=attached, http_url=info.http_url,
                            token=info.token, error=None, crash=None, synced=False), notices
         case WorkerDown(reason=reason, crashed=crashed):
@@ -210,8 +188,10 @@ def reduce(s: Snapshot, obs: object) -> Result:
         case WorkerRestarting():
             return replace(s, runtime="restarting"), ()
         case WorkerGaveUp(reason=reason, crashes=crashes, window_s=window):
-            body = f"It stopped {crashes} times within {window:.0f} s: {reason}. Use \u201cRestart runtime\u201d to try again."
-            return replace(s, runtime="failed", error=reason, crash=None), (Notice("gave_up", "hflocal runtime stopped", body),)
+            body = (f"It stopped {crashes} times within {window:.0f} s: {reason}. "
+                    "Use \u201cRestart runtime\u201d to try again.")
+            gave_up = Notice("gave_up", "hflocal runtime stopped", body)
+            return replace(s, runtime="failed", error=reason, crash=None), (gave_up,)
         case WorkerStopping():
             return replace(s, runtime="stopping"), ()
         # ---- the tray's own work
@@ -219,7 +199,8 @@ def reduce(s: Snapshot, obs: object) -> Result:
             return replace(s, activating=key if key != s.active else None, switch_job=job_id), ()
         case ActionFailed(what="switch", message=message, key=key):
             label = variant_label(key) if key else "the model"
-            return replace(s, activating=None, switch_job=None), (Notice("switch_failed", "Model switch failed", f"{label}: {message}"),)
+            failed = Notice("switch_failed", "Model switch failed", f"{label}: {message}")
+            return replace(s, activating=None, switch_job=None), (failed,)
         case ActionFailed(what=what, message=message):
             return s, (Notice("action_failed", f"hflocal: {what} failed", message),)
         case AutostartChanged(enabled=enabled):
@@ -233,7 +214,7 @@ def reduce(s: Snapshot, obs: object) -> Result:
                 model_state=obs.model_state,
                 model_error=obs.model_error,
                 provider=obs.provider,
-                downloads=tuple(_row(d) for d in obs.downloads),
+                downloads=tuple(obs.downloads),
                 http_url=obs.http_url or s.http_url,
             ), ()
         case InstalledResult(models=models):
@@ -245,21 +226,24 @@ def reduce(s: Snapshot, obs: object) -> Result:
             return replace(s, installed=installed, synced=True), ()
         # ---- events (hints)
         case DownloadStarted():
-            row = DownloadRow(job_id=obs.job_id, key=obs.key, model_id=obs.model_id, quantization=obs.quantization,
-                              done_bytes=obs.resumed_bytes, total_bytes=obs.total_bytes)
+            row = DownloadInfo(job_id=obs.job_id, key=obs.key, model_id=obs.model_id, quantization=obs.quantization,
+                               done_bytes=obs.resumed_bytes, total_bytes=obs.total_bytes)
             return replace(s, downloads=_upsert(s.downloads, row)), ()
         case DownloadProgress():
-            row = replace(_find(s.downloads, obs.job_id, obs.key), done_bytes=obs.done_bytes,
-                          total_bytes=obs.total_bytes, rate_bps=obs.rate_bps, eta_s=obs.eta_s)
+            row = msgspec.structs.replace(_find(s.downloads, obs.job_id, obs.key), done_bytes=obs.done_bytes,
+                                          total_bytes=obs.total_bytes, rate_bps=obs.rate_bps, eta_s=obs.eta_s,
+                                          current_file=obs.current_file)
             return replace(s, downloads=_upsert(s.downloads, row)), ()
         case DownloadFinished():
             row = _find(s.downloads, obs.job_id, obs.key)
             body = f"{row.model_id} ({row.quantization}), {human_bytes(obs.size_bytes)}"
-            return replace(s, downloads=_without(s.downloads, obs.job_id)), (Notice("download_finished", "Download finished", body),)
+            finished = Notice("download_finished", "Download finished", body)
+            return replace(s, downloads=_without(s.downloads, obs.job_id)), (finished,)
         case DownloadFailed():
             row = _find(s.downloads, obs.job_id, obs.key)
             body = f"{row.model_id} ({row.quantization}): {obs.message}"
-            return replace(s, downloads=_without(s.downloads, obs.job_id)), (Notice("download_failed", "Download failed", body),)
+            failed = Notice("download_failed", "Download failed", body)
+            return replace(s, downloads=_without(s.downloads, obs.job_id)), (failed,)
         case DownloadCancelled():
             return replace(s, downloads=_without(s.downloads, obs.job_id)), ()
         case ModelLoading(key=key):
@@ -319,7 +303,6 @@ def needs_refresh(s: Snapshot, obs: object) -> tuple[bool, bool]:
 
 
 __all__ = [
-    "DownloadRow",
     "Notice",
     "Snapshot",
     "Variant",
