@@ -9,7 +9,7 @@ it without touching the rest of the decoder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -171,11 +171,16 @@ class FusedAttention:
 
     def __init__(self) -> None:
         self._cos = self._sin = self._seqlens = self._total = self._positions = ""
+        self._local = ("", "")
 
     def prepare(self, g: GraphBuilder, shape: LlamaShape, inputs: DecoderInputs) -> None:
         # cos/sin caches [positions, rotated/2]: narrower than head_dim/2 for a partial rotary (the
         # kernel then turns only the first channels of each head).
         self._cos, self._sin = _rope_caches(g, shape, "")
+        self._local = ("", "")
+        if shape.local_rope_theta is not None:  # Gemma 3's sliding layers
+            local = replace(shape, rope_theta=shape.local_rope_theta, rope_scaling=None, rope_freq_factors=None)
+            self._local = _rope_caches(g, local, "local_")
         # seqlens_k = tokens in the cache after this step, minus one; total = mask length (both int32).
         mask = g.op("Cast", [inputs.attention_mask], name="/gqa/Cast", to=TensorProto.INT32)
         count = g.op("ReduceSum", [mask, g.const([1])], name="/gqa/ReduceSum", keepdims=0)
@@ -208,7 +213,10 @@ class FusedAttention:
         if shape.attn_softcap:
             extra["softcap"] = float(shape.attn_softcap)
         rotary = index not in shape.no_rope_layers  # a NoPE layer (SmolLM3) attends without positions
-        rope = [self._cos, self._sin, self._positions] if rotary else []
+        cos, sin = self._cos, self._sin
+        if self._local[0] and index in (shape.sliding_layers or ()):
+            cos, sin = self._local
+        rope = [cos, sin, self._positions] if rotary else []
         out, _, _ = g.op(
             "GroupQueryAttention",
             [*qkv_inputs, past[0], past[1], self._seqlens, self._total, *rope],

@@ -12,7 +12,8 @@ fused QKV and gate/up, a preallocated KV cache, last-position logits, the 8-bit 
   fused graph writes: Llama (incl. Llama-3 rope scaling), Mistral (sliding window), Qwen2 (q/k/v
   biases), Qwen3 (q/k norms), Phi-3 / 3.5 / 4-mini (fused qkv and gate/up read apart, longrope,
   partial rotary), SmolLM3 (layers without rotary embedding), Gemma 2 (soft-caps, sliding layers,
-  query scale, embedding scale, norms after attention and MLP); anything else keeps the original graph;
+  query scale, embedding scale, norms after attention and MLP), Gemma 3 (q/k norms, a local rope
+  base); anything else keeps the original graph;
 - the result is cached beside the download (``<repo>/.hflocal-fast/<commit>/`` for a Hub snapshot,
   ``<folder>/.hflocal-fast/`` otherwise) with a stamp naming the source file and the converter's own
   fingerprint (a hash of the converter's sources and onnx/onnxruntime versions), so a changed
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 STAMP = "stamp.json"
 ALREADY_FUSED = "already a fused graph"
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma2")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3", "gemma2", "gemma3_text")
 """``model_type`` values whose decoder the fused graph writes exactly."""
 _SOURCES = (
     "attention.py", "fast_path.py", "graph_builder.py", "linear.py", "llama_graph.py", "llama_shape.py",
@@ -120,7 +121,7 @@ def shape_from_config(config: dict[str, Any]) -> LlamaShape:
     if window and family == "smollm3":
         raise NotOnFastPath("SmolLM3's sliding-window layers are not on the fast path")
     layers = integer("num_hidden_layers")
-    gemma = _gemma2(c, hidden, layers) if family == "gemma2" else {}
+    gemma = _gemma(c, hidden, layers) if family in ("gemma2", "gemma3_text") else {}
     return LlamaShape(
         vocab_size=integer("vocab_size"),
         hidden_size=hidden,
@@ -142,9 +143,9 @@ def shape_from_config(config: dict[str, Any]) -> LlamaShape:
     )
 
 
-def _gemma2(c: dict[str, Any], hidden: int, layers: int) -> dict[str, Any]:
-    """Gemma 2's extras as :class:`LlamaShape` fields. Its exports store the norms' (1 + w) already
-    folded into one initializer, which is what the reader takes."""
+def _gemma(c: dict[str, Any], hidden: int, layers: int) -> dict[str, Any]:
+    """Gemma 2's and 3's extras as :class:`LlamaShape` fields. Their exports store the norms' (1 + w)
+    already folded into one initializer, which is what the reader takes."""
     if c.get("hidden_activation", c.get("hidden_act")) not in ("gelu_pytorch_tanh", "gelu_tanh"):
         raise NotOnFastPath(f"Gemma's activation {c.get('hidden_activation')!r} is not on the fast path")
     types = c.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)]
@@ -164,6 +165,7 @@ def _gemma2(c: dict[str, Any], hidden: int, layers: int) -> dict[str, Any]:
         "embedding_scale": float(np.float32(hidden**0.5)),
         "sandwich_norms": True,
         "activation": "gelu_tanh",
+        "local_rope_theta": float(local) if isinstance(local := c.get("rope_local_base_freq"), int | float) else None,
     }
 
 

@@ -86,6 +86,7 @@ class LlamaShape:
     embedding_scale: float | None = None
     sandwich_norms: bool = False
     activation: str = "silu"
+    local_rope_theta: float | None = None  # Gemma 3: the sliding layers' own rope base (no scaling)
 
     def __post_init__(self) -> None:
         if self.num_heads % self.num_kv_heads:

@@ -73,6 +73,12 @@ FAMILIES: dict[str, dict[str, Any]] = {
         "tie_word_embeddings": False,  # tied, the scaled embedding makes a random model echo its input
         "layer_types": ["sliding_attention", "full_attention"],
     },
+    # Gemma 3: Gemma 2's layout with q/k norms, no soft-caps, and a local rope base on sliding layers.
+    "gemma3": {
+        "model_type": "gemma3_text", "head_dim": 16, "query_pre_attn_scalar": 24, "sliding_window": 6,
+        "layer_types": ["sliding_attention", "full_attention"], "rope_theta": 1000000.0,
+        "rope_local_base_freq": 10000.0, "tie_word_embeddings": False,
+    },
 }
 FP16_REFERENCE = "transformers_fp16.json"
 LONG_TOP1 = "transformers_long_top1.json"

@@ -3,7 +3,8 @@
 Each family's tiny random model (tests/convert/hub_exports.py: Llama, Llama 3 with rope scaling and an
 untied head, Mistral with a sliding window, Qwen2 with q/k/v biases, Qwen3 with q/k norms, Phi-3.5
 with fused qkv/gate_up projections and longrope, Phi-4-mini with a partial rotary, SmolLM3 with a
-NoPE layer, Gemma 2 with soft-caps, a sliding layer and its norms) is exported the way onnx-community's
+NoPE layer, Gemma 2 with soft-caps, a sliding layer and its norms, Gemma 3 with q/k norms and a local
+rope base) is exported the way onnx-community's
 repos are, then:
 
 - fp32 and fp16 rewrites generate greedily exactly what transformers generates (for fp16, with the
