@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -42,6 +41,7 @@ from ui.observations import (
     WorkerUp,
 )
 from ui.restart_policy import GiveUp, RestartPolicy, decide, recent_crashes
+from ui.worker_exit import describe_exit, last_line
 
 log = logging.getLogger("hflocal.tray.supervisor")
 
@@ -60,30 +60,6 @@ class Timeouts:
     """After SIGTERM, before SIGKILL."""
     poll_stopped_s: float = 2.0
     """How often to look for an agent started elsewhere while none runs."""
-
-
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit status {returncode}"
-
-
-def last_line(path: Path, offset: int) -> str | None:
-    """The last non-empty line written to ``path`` after ``offset`` (the worker's own last words)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            tail = f.read()[-4096:]
-    except OSError:
-        return None
-    lines = [ln.strip() for ln in tail.decode("utf-8", "replace").splitlines() if ln.strip()]
-    if not lines:
-        return None
-    line = lines[-1]
-    return line.removeprefix("hflocal: ")
 
 
 def default_worker_argv() -> list[str]:
@@ -200,7 +176,8 @@ class Supervisor:
             self.report(WorkerDown(reason=reason, crashed=True))
             decision = decide(self._crashes, now, self.policy)
             if isinstance(decision, GiveUp):
-                log.error("worker crashed %d times in %.0f s; giving up: %s", decision.crashes, decision.window_s, reason)
+                log.error("worker crashed %d times in %.0f s; giving up: %s",
+                          decision.crashes, decision.window_s, reason)
                 self.report(WorkerGaveUp(reason=reason, crashes=decision.crashes, window_s=decision.window_s))
                 stopped = True
                 continue
