@@ -221,3 +221,36 @@ def test_a_q4f16_only_repo_is_q4_and_runs_rewritten(exports: Path, family: str, 
     exact = Decoder(fast.path).teacher_forced_top1(TEACHER)
     original = Decoder(source).teacher_forced_top1(TEACHER)
     assert float(np.mean(exact == original)) >= DEFAULT_AGREEMENT
+
+
+PHI4_MINI = {  # the shape-bearing fields of microsoft/Phi-4-mini-instruct's config.json
+    "model_type": "phi3", "vocab_size": 200064, "hidden_size": 3072, "intermediate_size": 8192,
+    "num_hidden_layers": 32, "num_attention_heads": 24, "num_key_value_heads": 8, "partial_rotary_factor": 0.75,
+    "max_position_embeddings": 131072, "original_max_position_embeddings": 4096, "tie_word_embeddings": True,
+    "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 48, "long_factor": [2.0] * 48},
+}
+
+
+def test_configs_the_rewrite_reads_and_the_ones_it_refuses_with_a_reason() -> None:
+    """Phi-4-mini: a 96-channel rotary of 128 and transformers' longrope attention factor,
+    sqrt(1 + ln(131072 / 4096) / ln(4096)); what GroupQueryAttention cannot express stays original."""
+    import math
+
+    shape = shape_from_config(PHI4_MINI)
+    assert shape.rotary_dim == 96 and shape.head_dim == 128
+    assert shape.rope_scaling is not None and shape.rope_scaling.original_max_position_embeddings == 4096
+    assert math.isclose(shape.rope_scaling.attention_factor, math.sqrt(1 + math.log(32) / math.log(4096)))
+    refused = {
+        "partial rotary": {**PHI4_MINI, "partial_rotary_factor": 0.5, "rope_scaling": None},  # 64: fine
+        "a rotary width of 72 (not a multiple of 16)": {**PHI4_MINI, "partial_rotary_factor": 0.5625, "rope_scaling": None},
+        "longrope without long factors": {**PHI4_MINI, "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 48}},
+        "smollm3 windows": {**PHI4_MINI, "model_type": "smollm3", "partial_rotary_factor": 1.0, "rope_scaling": None,
+                            "use_sliding_window": True, "sliding_window": 4096},
+        "gemma activation": {**PHI4_MINI, "model_type": "gemma2", "partial_rotary_factor": 1.0, "rope_scaling": None,
+                             "hidden_activation": "relu"},
+    }
+    assert shape_from_config(refused.pop("partial rotary")).rotary_dim == 64
+    for case, config in refused.items():
+        with pytest.raises(fast_path.NotOnFastPath) as caught:
+            shape_from_config(config)
+        assert str(caught.value) and "\n" not in str(caught.value), case
