@@ -6,6 +6,10 @@ calls, so tests may share it. Tests that change a model (``close``) load their o
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 
 from agent.engine.model import OnnxChatModel, load_model
@@ -18,9 +22,32 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyModel:
     return build_tiny_repo(tmp_path_factory.mktemp("tiny") / "repo", quants=("fp32", "fp16", "q8", "q4"))
 
 
+@contextmanager
+def fast_path_off() -> Iterator[None]:
+    """These tests are about the engine running an export's own graph (its I/O contract, the runners);
+    the tiny model is a Llama, so without this the fast path would run its fused rewrite instead
+    (tests/convert covers the rewrite)."""
+    saved = os.environ.get("HFLOCAL_FAST_PATH")
+    os.environ["HFLOCAL_FAST_PATH"] = "0"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("HFLOCAL_FAST_PATH", None)
+        else:
+            os.environ["HFLOCAL_FAST_PATH"] = saved
+
+
+@pytest.fixture
+def original_graphs() -> Iterator[None]:
+    with fast_path_off():
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny: TinyModel) -> OnnxChatModel:
-    return load_model(tiny.path, quantization="fp32", device="cpu", threads=1)
+    with fast_path_off():
+        return load_model(tiny.path, quantization="fp32", device="cpu", threads=1)
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,7 @@ def test_a_kv_cache_that_cannot_hold_a_few_tokens_is_refused() -> None:
         usable_context(2048, GIB, 8 * GIB)
 
 
+@pytest.mark.usefixtures("original_graphs")  # the rewrite's rope tables: the test below
 def test_a_huge_max_position_embeddings_loads_a_bounded_model(repo: Path) -> None:
     _set_config(repo, max_position_embeddings=300_000_000)
     tracemalloc.start()

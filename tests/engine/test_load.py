@@ -109,6 +109,7 @@ def test_external_data_beside_the_graph(tiny: TinyModel, tmp_path: Path) -> None
         load_model(dest, quantization="fp32", device="cpu")
 
 
+@pytest.mark.usefixtures("original_graphs")
 def test_fp16_kv_cache_is_allocated_from_the_graph(tiny: TinyModel, repo: Path) -> None:
     with_fp16_kv(tiny.path / "onnx" / "model.onnx", repo / "onnx" / "model.onnx")
     model = load_model(repo, quantization="fp32", device="cpu")
@@ -121,6 +122,7 @@ def test_fp16_kv_cache_is_allocated_from_the_graph(tiny: TinyModel, repo: Path) 
     assert ids[:5] == token_ids(run(reference, prompt, max_tokens=10))[:5]
 
 
+@pytest.mark.usefixtures("original_graphs")
 def test_graph_without_position_ids(tiny: TinyModel, repo: Path) -> None:
     without_position_ids(tiny.path / "onnx" / "model.onnx", repo / "onnx" / "model.onnx")
     model = load_model(repo, quantization="fp32", device="cpu")
@@ -130,6 +132,7 @@ def test_graph_without_position_ids(tiny: TinyModel, repo: Path) -> None:
     assert token_ids(run(model, prompt, max_tokens=12)) == token_ids(run(reference, prompt, max_tokens=12))
 
 
+@pytest.mark.usefixtures("original_graphs")
 def test_logits_to_keep_input_is_fed_one(tiny: TinyModel, repo: Path) -> None:
     with_logits_to_keep(tiny.path / "onnx" / "model.onnx", repo / "onnx" / "model.onnx")
     model = load_model(repo, quantization="fp32", device="cpu")
