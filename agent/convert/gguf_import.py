@@ -26,8 +26,8 @@ from agent.convert.gguf_weights import (
     IGNORED_TENSORS,
     PASSTHROUGH_TYPES,
     SUPPORTED_TYPES,
-    GGUFWeights,
     UNPERMUTED_ARCHITECTURES,
+    GGUFWeights,
     hf_name,
     tensor_shape,
 )

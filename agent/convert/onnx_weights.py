@@ -30,6 +30,7 @@ from onnx import numpy_helper
 from agent.convert.quantize import BlockQuantized
 from agent.convert.weight_forms import Weight
 
+
 class UnreadableGraph(ValueError):
     """The graph is not an export whose weights can be mapped back to module names."""
 
@@ -76,7 +77,8 @@ def read_export_weights(path: Path) -> tuple[dict[str, Weight], dict[str, Any]]:
 
     produced_by = {out: node for node in graph.node for out in node.output}
     weights: dict[str, Weight] = {}
-    info: dict[str, Any] = {"tied_head": False, "opsets": {o.domain or "ai.onnx": o.version for o in model.opset_import}}
+    opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    info: dict[str, Any] = {"tied_head": False, "opsets": opsets}
 
     def put(name: str, value: Weight) -> None:
         if name in weights:

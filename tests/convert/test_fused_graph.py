@@ -87,7 +87,7 @@ def test_logits_to_keep(tiny: TinyModel, tmp_path: Path) -> None:
         "attention_mask": np.ones_like(ids),
         "position_ids": np.arange(ids.shape[1])[None],
         LOGITS_TO_KEEP: np.array([1], np.int64),
-        **dict(zip(decoder.past_names, decoder.empty_past())),
+        **dict(zip(decoder.past_names, decoder.empty_past(), strict=True)),
     }
     (last,) = decoder.session.run(["logits"], feeds)
     assert last.shape == (1, 1, tiny.shape.vocab_size)
@@ -126,8 +126,8 @@ def test_smollm2_fused_equals_unfused(tmp_path: Path) -> None:
 
     os.environ.setdefault("OMP_NUM_THREADS", "2")
     repos = {}
-    for name, kw in {"unfused": dict(fused=False, head_bits=16, accuracy_level=1),
-                     "fused": dict(fused=True, head_bits=16, accuracy_level=1),
+    for name, kw in {"unfused": {"fused": False, "head_bits": 16, "accuracy_level": 1},
+                     "fused": {"fused": True, "head_bits": 16, "accuracy_level": 1},
                      "default": {}, "fp32": {}}.items():
         quant = "fp32" if name == "fp32" else "q4"
         repos[name] = import_gguf(SMOLLM2_GGUF, tmp_path / name, (quant,), **kw).files[quant]  # type: ignore[arg-type]
