@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ipc.events import EventSubscriber  # noqa: E402
-from ipc.messages import Ping, Status  # noqa: E402
-from tests.support.agentproc import start_agent  # noqa: E402
+from ipc.events import EventSubscriber
+from ipc.messages import Ping, Status
+from tests.support.agentproc import start_agent
 
 PINGS = 5000
 EVENT_SECONDS = 5.0

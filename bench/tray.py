@@ -1,7 +1,7 @@
 """Tray benchmark: what the tray and its worker cost while idle, and how fast they come up.
 
 Runs ``hflocal tray`` in the same headless desktop the tests use (Xvfb, session D-Bus, trayer,
-dunst; ``tests/ui/desktop.py``) on a temporary home with free ports and no model, and measures:
+dunst; ``tests/support/desktop.py``) on a temporary home with free ports and no model, and measures:
 
 - time from starting ``hflocal tray`` to its icon being in the tray (a mapped window in trayer's
   panel), to ``/health`` answering, and to the menu being complete (the green "ready" badge on
@@ -29,9 +29,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.ui.desktop import Desktop, TrayProcess, color_near, missing_tools, start_tray  # noqa: E402
-from tests.ui.support import configure_ports, health  # noqa: E402
-from ui.icons import COLORS  # noqa: E402
+from tests.support.desktop import Desktop, TrayProcess, color_near, missing_tools, start_tray
+from tests.support.tray import configure_ports, health
+from ui.icons import COLORS
 
 
 def _badge_ready(desktop: Desktop, icon: int) -> bool:

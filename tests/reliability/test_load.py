@@ -1,6 +1,6 @@
 """Load, bounded: 32 streaming chats and ~200 req/s of ``GET /v1/models`` against a live worker.
 
-The driver is ``bench/load.py`` (which runs the full 60 s); here three rounds of a few seconds:
+The driver is ``tests/support/load.py`` (``bench/load.py`` runs it for the full 60 s); here three rounds of a few seconds:
 every request ends in a completion or a 503/429 with Retry-After, the worker stays up, and its
 memory does not grow from round to round. Rates achieved are recorded, not asserted (shared CPUs).
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import httpx
 
-from bench.load import run_load
 from tests.reliability.support import assert_memory_returns, case, rss
 from tests.support.agentproc import AgentProcess
+from tests.support.load import run_load
 
 ROUND_S = 5.0
 

@@ -1,5 +1,5 @@
-"""A real, headless desktop for tray tests: Xvfb, a session D-Bus, trayer as the tray host, dunst
-as the notification server (a rule whose script appends every notification to a file), xdotool to
+"""A real, headless desktop for the tray tests and bench/tray.py: Xvfb, a session D-Bus, trayer as
+the tray host, dunst as the notification server (a rule whose script appends every notification to a file), xdotool to
 click and type, ImageMagick's ``import`` for screenshots. Everything is started by ``Desktop.start``
 and stopped by ``Desktop.stop`` through its own process handle.
 
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 from PIL import Image
+
 from tests.support.worker import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -149,7 +150,7 @@ class Desktop:
         proc = subprocess.Popen(
             ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", f"{SCREEN[0]}x{SCREEN[1]}x24", "-nolisten", "tcp",
              "-noreset"],  # without it the server resets whenever its last client leaves
-            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=open(self.root / "xvfb.log", "wb"),  # noqa: SIM115
+            pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=open(self.root / "xvfb.log", "wb"),
         )
         os.close(write_fd)
         self.procs["xvfb"] = proc
@@ -172,7 +173,7 @@ class Desktop:
         self.procs["dbus"], self.bus_address = start_session_bus(self.root, self.env())
 
     def _spawn(self, name: str, argv: list[str]) -> None:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        log = open(self.root / f"{name}.log", "wb")  # closed with the process
         self.procs[name] = subprocess.Popen(argv, env=self.env(), stdout=log, stderr=subprocess.STDOUT)
         log.close()
 

@@ -1,5 +1,5 @@
-"""Helpers for the tray tests that run real workers: ports in settings.toml, tiny models on the
-local hub, an observation recorder with bounded waits, and port checks."""
+"""Helpers for the tray tests (and bench/tray.py) that run real workers: ports in settings.toml,
+tiny models on the local hub, an observation recorder with bounded waits, and port checks."""
 
 from __future__ import annotations
 

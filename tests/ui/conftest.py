@@ -1,5 +1,5 @@
 """Tray tests. Unit tests use pystray's ``dummy`` backend (no display); the desktop tests start the
-real tray as a subprocess under Xvfb (``tests/ui/desktop.py``), with the environment they choose."""
+real tray as a subprocess under Xvfb (``tests/support/desktop.py``), with the environment they choose."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui.desktop import start_session_bus
+from tests.support.desktop import start_session_bus
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ui.desktop import start_session_bus
+from tests.support.desktop import start_session_bus
 from ui.notify import Notifier
 from ui.state import Notice
 

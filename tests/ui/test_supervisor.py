@@ -15,7 +15,7 @@ import pytest
 
 from ipc.connection import pid_alive
 from tests.support.agentproc import AgentProcess, start_agent
-from tests.ui.support import Recorder, configure_ports, health, port_free, wait_until
+from tests.support.tray import Recorder, configure_ports, health, port_free, wait_until
 from ui.observations import WorkerDown, WorkerGaveUp, WorkerRestarting, WorkerStarting, WorkerStopping, WorkerUp
 from ui.restart_policy import RestartPolicy
 from ui.supervisor import Supervisor, Timeouts

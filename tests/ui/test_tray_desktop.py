@@ -1,6 +1,6 @@
 """End to end: ``hflocal tray`` in a real (virtual) desktop, driven with the mouse and keyboard.
 
-Xvfb + session D-Bus + trayer + dunst (``tests/ui/desktop.py``). The tray runs as a user would
+Xvfb + session D-Bus + trayer + dunst (``tests/support/desktop.py``). The tray runs as a user would
 start it, on a temp home with two tiny models installed from the local test hub; what it shows is
 checked on screen (screenshots kept in ``test-artifacts/``), at dunst (notifications) and through
 the worker's own API (``/health``, ZeroMQ).
@@ -21,8 +21,8 @@ from ipc.connection import AgentNotRunning, pid_alive, read_connection
 from ipc.messages import Download, ListInstalled, Status
 from tests.hubserver import HubRepos, HubServer
 from tests.support.agentproc import AgentProcess, start_agent
-from tests.ui.desktop import Desktop, TrayProcess, color_near, missing_tools, start_tray
-from tests.ui.support import configure_ports, health, port_free, publish_tiny
+from tests.support.desktop import Desktop, TrayProcess, color_near, missing_tools, start_tray
+from tests.support.tray import configure_ports, health, port_free, publish_tiny
 from ui.icons import COLORS
 
 pytestmark = pytest.mark.desktop
