@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.workload import NEW_TOKENS, RESET_USER, messages  # noqa: E402
+from bench.workload import NEW_TOKENS, RESET_USER, messages
 
 SHORT_RUNS = 2
 LONG_RUNS = 2

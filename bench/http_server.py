@@ -17,11 +17,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.engine.loader import load_variant  # noqa: E402
-from agent.http import create_app, serve_http  # noqa: E402
-from agent.pool import ModelPool, ResolvedVariant, UnknownModelError  # noqa: E402
-from agent.settings import ModelSettings, Settings  # noqa: E402
-from agent.variants import VariantKey  # noqa: E402
+from agent.engine.loader import load_variant
+from agent.http import create_app, serve_http
+from agent.pool import ModelPool, ResolvedVariant, UnknownModelError
+from agent.settings import ModelSettings, Settings
+from agent.variants import VariantKey
 
 
 class OneModel:

@@ -91,7 +91,7 @@ class _Base:
         """Re-read ``agent.json``; True if it names a different worker than before."""
         try:
             fresh = read_connection(self._path)
-        except Exception:  # noqa: BLE001 - no newer worker to switch to
+        except Exception:  # no newer worker to switch to
             return False
         changed = fresh != self.connection
         self.connection = fresh

@@ -159,7 +159,7 @@ class RequestServer:
             reply: Ok | Error = Ok(id=request.id, result=result)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the loop must survive every handler failure
+        except Exception as exc:  # the loop must survive every handler failure
             reply = error_reply(request.id, exc)
         self._send(envelope, reply)
 
@@ -187,7 +187,7 @@ def _peek_id(payload: bytes) -> int | str | None:
     """Best effort: the ``id`` of an undecodable request, so the error can still be matched."""
     try:
         value = msgspec.msgpack.decode(payload)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     if isinstance(value, dict):
         rid = value.get("id")
@@ -201,7 +201,7 @@ def _peek_token(payload: bytes) -> bytes | None:
     string); ``None`` when the payload is not a readable map, which is then a ``bad_request``."""
     try:
         value = msgspec.msgpack.decode(payload)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return None
     if not isinstance(value, dict):
         return None
@@ -213,7 +213,7 @@ def _explain_decode(payload: bytes, exc: Exception) -> str:
     """One line saying why a request could not be decoded, naming an unknown ``type`` plainly."""
     try:
         value = msgspec.msgpack.decode(payload)
-    except Exception:  # noqa: BLE001
+    except Exception:
         return f"cannot decode request: not a msgpack map ({exc})"
     if not isinstance(value, dict):
         return f"cannot decode request: expected a msgpack map with a 'type' field, got {type(value).__name__}"

@@ -36,7 +36,9 @@ def _setup_logging(home: Path) -> None:
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
-    handler = logging.handlers.RotatingFileHandler(logs / "tray.log", maxBytes=2_000_000, backupCount=2, encoding="utf-8")
+    handler = logging.handlers.RotatingFileHandler(
+        logs / "tray.log", maxBytes=2_000_000, backupCount=2, encoding="utf-8"
+    )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     stream = logging.StreamHandler(sys.stderr)
@@ -47,7 +49,7 @@ def _setup_logging(home: Path) -> None:
 
 
 def _take_lock(home: Path) -> IO[str]:
-    handle = open(home / "tray.lock", "a+")  # noqa: SIM115 - held for the life of the tray
+    handle = open(home / "tray.lock", "a+")  # held for the life of the tray
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -99,7 +101,7 @@ def _has_status_notifier_host() -> bool | None:
             Gio.DBusCallFlags.NONE, 2000, None,
         )
         return bool(reply.unpack()[0])
-    except Exception:  # noqa: BLE001 - no gi, no bus: let pystray choose
+    except Exception:  # no gi, no bus: let pystray choose
         return None
 
 
@@ -137,8 +139,10 @@ def _import_pystray() -> Any:
         choose_linux_backend()
     try:
         import pystray
-    except Exception as exc:  # noqa: BLE001 - ImportError, or Xlib's DisplayNameError/DisplayConnectionError
-        raise TrayError(f"no tray backend is usable here ({exc}); run the agent headless with `hflocal serve`") from None
+    except Exception as exc:  # ImportError, or Xlib's DisplayNameError/DisplayConnectionError
+        raise TrayError(
+            f"no tray backend is usable here ({exc}); run the agent headless with `hflocal serve`"
+        ) from None
     return pystray
 
 

@@ -238,7 +238,7 @@ class Controller:
         assert self.autostart is not None
         try:
             result = self.autostart.apply("status")
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("cannot read start-at-login: %s", exc)
             return
         self.observe(AutostartChanged(enabled=bool(result.get("tray"))))
@@ -251,7 +251,7 @@ class Controller:
                 self.autostart.apply("enable")
             else:
                 self.autostart.apply("disable", modes=("tray",))  # a headless unit stays as it is
-        except Exception as exc:  # noqa: BLE001 - an unwritable config dir is a message, not a crash
+        except Exception as exc:  # an unwritable config dir is a message, not a crash
             self.observe(ActionFailed("start at login", str(exc)))
         self._read_autostart()
 

@@ -20,7 +20,7 @@ log = logging.getLogger("hflocal.tray")
 def open_url(url: str) -> bool:
     try:
         return bool(webbrowser.open(url))
-    except Exception as exc:  # noqa: BLE001 - webbrowser can raise from odd BROWSER settings
+    except Exception as exc:  # webbrowser can raise from odd BROWSER settings
         log.warning("cannot open a browser: %s", exc)
         return False
 

@@ -114,7 +114,9 @@ def render(state: IconState, size: int = 64) -> Image.Image:
     return img
 
 
-def contact_sheet(sizes: tuple[int, ...] = (16, 22, 24, 32, 48, 64), background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+def contact_sheet(
+    sizes: tuple[int, ...] = (16, 22, 24, 32, 48, 64), background: tuple[int, int, int] = (255, 255, 255)
+) -> Image.Image:
     """Every badge at every size on one image (for docs and test artifacts)."""
     states = [IconState("starting"), IconState("ready"), IconState("loading"), IconState("downloading", 6),
               IconState("downloading", 12), IconState("error")]

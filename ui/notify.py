@@ -30,7 +30,9 @@ Fallback = Callable[[str, str], None]
 
 
 class Notifier:
-    def __init__(self, *, icon_path: Path | None = None, fallback: Fallback | None = None, use_dbus: bool | None = None) -> None:
+    def __init__(
+        self, *, icon_path: Path | None = None, fallback: Fallback | None = None, use_dbus: bool | None = None
+    ) -> None:
         self.icon_path = icon_path
         self.fallback = fallback
         self.use_dbus = sys.platform.startswith("linux") if use_dbus is None else use_dbus
@@ -83,7 +85,7 @@ class Notifier:
 
             icon = Icon(path=self.icon_path) if self.icon_path is not None else None
             return DesktopNotifier(app_name=APP_NAME, app_icon=icon)
-        except Exception as exc:  # noqa: BLE001 - missing package or no D-Bus: fall back
+        except Exception as exc:  # missing package or no D-Bus: fall back
             log.info("desktop notifications over D-Bus are unavailable: %s", exc)
             self.use_dbus = False
             return None
@@ -97,7 +99,7 @@ class Notifier:
                               on_dispatched=lambda: dispatched.append(True)),
                 SEND_TIMEOUT_S,
             )
-        except Exception as exc:  # noqa: BLE001 - no notification service is not an error for the tray
+        except Exception as exc:  # no notification service is not an error for the tray
             log.info("D-Bus notification failed (%s); using the fallback", exc)
             return False
         if not dispatched:
@@ -110,7 +112,7 @@ class Notifier:
                 self.fallback(notice.title, notice.body)
                 self.sent.append(("fallback", notice))
                 return
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.info("fallback notification failed: %s", exc)
         log.warning("notification: %s: %s", notice.title, notice.body)
         self.sent.append(("log", notice))

@@ -48,7 +48,9 @@ def uses_glib(backend: str | None = None) -> bool:
     return (backend or backend_name()) in ("appindicator", "gtk")
 
 
-def to_pystray(items: tuple[Item, ...], submit: Callable[[Action], None], default: Action | None = None) -> pystray.Menu:
+def to_pystray(
+    items: tuple[Item, ...], submit: Callable[[Action], None], default: Action | None = None
+) -> pystray.Menu:
     """pystray menu for ``items``; a click only calls ``submit(action)``. ``default``: the action
     that a plain click on the icon runs where the backend has no menu (xorg)."""
 
@@ -98,7 +100,10 @@ def copy_with_command(text: str, platform: str = sys.platform) -> bool:
 
 
 class PystrayView:
-    def __init__(self, icon: pystray.Icon, submit: Callable[[Action], None], notifier: Notifier, *, default: Action | None = None) -> None:
+    def __init__(
+        self, icon: pystray.Icon, submit: Callable[[Action], None], notifier: Notifier, *,
+        default: Action | None = None,
+    ) -> None:
         self.icon = icon
         self.submit = submit
         self.notifier = notifier
@@ -199,7 +204,7 @@ class PystrayView:
         handle = getattr(self.icon, "_menu_handle", None)
         try:
             return bool(handle is not None and handle.get_visible())
-        except Exception:  # noqa: BLE001 - a backend without GTK menus
+        except Exception:  # a backend without GTK menus
             return False
 
     def _apply_now(self, snapshot: Snapshot) -> bool:

@@ -137,7 +137,7 @@ def start_agent(
             info = read_connection(home / "agent.json")
             if info.pid == proc.pid:
                 return AgentProcess(home=home, proc=proc, info=info, log=log, ports=(http, req, pub))
-        except Exception:  # noqa: BLE001 - not written yet
+        except Exception:  # not written yet
             pass
         time.sleep(0.05)
     proc.kill()
