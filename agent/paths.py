@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.home import APP_NAME, default_home, resolve_home
+from ipc.home import APP_NAME, default_home, resolve_home
 
 __all__ = ["APP_NAME", "Paths", "default_home"]
 

@@ -34,7 +34,7 @@ from agent.errors import BadRequestError, NotFoundError
 from agent.model_kinds import Kind
 from agent.paths import Paths
 from agent.variants import KEY_PREFIX, InvalidNameError, VariantKey, looks_like_key, validate_model_id
-from common.files import atomic_write
+from ipc.files import atomic_write
 from ipc.messages import InstalledModel
 
 MANIFEST_VERSION = 1

@@ -35,9 +35,9 @@ from agent import __version__
 from agent.log_records import CappedFormatter, log_thread_errors
 from agent.paths import Paths, default_home
 from agent.settings import Settings, SettingsError, load_settings
-from common.loopback import is_loopback
 from ipc.connection import ConnectionInfo, pid_alive, read_connection, remove_connection, write_connection
 from ipc.events import EventPublisher
+from ipc.loopback import is_loopback
 from ipc.messages import WorkerStatus
 from ipc.server import BindError, RequestServer
 

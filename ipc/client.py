@@ -16,8 +16,8 @@ import msgspec
 import zmq
 import zmq.asyncio
 
-from common.home import resolve_home
 from ipc.connection import ConnectionInfo, read_connection
+from ipc.home import resolve_home
 from ipc.messages import RESULT_TYPES, Error, Message, Ok, Request, encode, reply_decoder
 
 T = TypeVar("T", bound=Message)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgspec
 
-from common.files import atomic_write
+from ipc.files import atomic_write
 from ipc.messages import PROTOCOL_VERSION
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from agent.convert.llama_shape import LlamaShape
-from common.files import atomic_write
+from ipc.files import atomic_write
 
 TRANSFORMERS_VERSION = "4.57.6"
 
@@ -36,7 +36,7 @@ class TokenizerSpec:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write atomically (common.files.atomic_write), UTF-8, sorted like transformers' output; readable
+    """Write atomically (ipc.files.atomic_write), UTF-8, sorted like transformers' output; readable
     by all like the Hub's own files (0644)."""
     atomic_write(path, (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8"), mode=0o644)
 

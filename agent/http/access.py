@@ -28,8 +28,8 @@ from collections.abc import Collection
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from common.loopback import is_loopback
 from ipc.connection import AgentNotRunning, read_connection
+from ipc.loopback import is_loopback
 
 COOKIE_PREFIX = "hflocal_token_"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -1,4 +1,4 @@
-"""The helpers both processes share (``common``): one rule each, checked where the two sides meet."""
+"""The helpers both processes share (ipc.home, ipc.files, ipc.loopback): one rule each, checked where the two sides meet."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from agent.http.access import host_allowed
 from agent.settings import HttpSettings, Settings
 from agent.worker import StartupError, _check_exposure
-from common.files import atomic_write
 from ipc.client import Client
+from ipc.files import atomic_write
 from ipc.messages import Ping, PingResult
 from tests.support.agentproc import AgentProcess, start_agent
 

@@ -1,4 +1,7 @@
-"""The data root: one rule for every process, so a client finds the agent the agent would."""
+"""The data root: one rule for every process, so a client finds the agent the agent would.
+
+In ``ipc`` because both processes (and the CLI) import it and it imports no framework.
+"""
 
 from __future__ import annotations
 

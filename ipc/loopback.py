@@ -1,5 +1,5 @@
 """Which host names stay on this machine: the rule the HTTP listener's exposure check and its
-``Host``/``Origin`` checks share."""
+``Host``/``Origin`` checks share (in ``ipc``: both processes may import it)."""
 
 from __future__ import annotations
 

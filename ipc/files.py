@@ -1,4 +1,7 @@
-"""Durable file replacement: a crash leaves the old content or the new, never a mix or a half file."""
+"""Durable file replacement: a crash leaves the old content or the new, never a mix or a half file.
+
+In ``ipc`` because both processes (and the CLI) import it and it imports no framework.
+"""
 
 from __future__ import annotations
 
