@@ -432,14 +432,14 @@ def graph_bytes_per_token(onnx_file: Path, rescore_rows: int = 16) -> dict[str, 
         if node.op_type == "MatMulNBits":
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
             part = "lm_head" if node.name.startswith("/lm_head/") else "layers"
-            key = f"{part}:{attrs['bits']}bit:level{attrs['accuracy_level']}"
+            key = f"{part}:{attrs['bits']}bit:level{attrs.get('accuracy_level', 0)}"
             levels[key] = levels.get(key, 0) + 1
             matmul_bytes[part] += sum(size[i] for i in inits)
             blocks = attrs["N"] * -(-attrs["K"] // attrs["block_size"])
             blob = attrs["block_size"] * attrs["bits"] // 8
             # MLAS prepacks B; with int8 activations (level 4) as codes + float scale + float
             # block sum (zero point folded in) per block; at level 0 as codes + scales + zero points.
-            packed += blocks * (blob + 8) if attrs["accuracy_level"] == 4 else sum(size[i] for i in inits)
+            packed += blocks * (blob + 8) if attrs.get("accuracy_level", 0) == 4 else sum(size[i] for i in inits)
             unpacked += sum(size[i] for i in inits)
     weights_full = sum(size[i] for i in full)
     gathered_bytes = sum(size[t] // rows[t] * n for t, n in gathered.items() if t not in full)

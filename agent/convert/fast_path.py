@@ -302,6 +302,10 @@ def rewrite(
     weights = unfuse_projections(shape, weights)
     if info["tied_head"] and not shape.tie_word_embeddings:
         shape = LlamaShape(**{**shape.__dict__, "tie_word_embeddings": True})
+    elif "lm_head.weight" in weights and shape.tie_word_embeddings:
+        # a tied head the export kept as its own matrix (optimum leaves it so past 2 GB, as for a 1B
+        # model): it is quantized apart from the embedding, so it is run as the untied head it is
+        shape = LlamaShape(**{**shape.__dict__, "tie_word_embeddings": False})
     _check(shape, weights)
     return write_llama_onnx(
         shape, weights, out_dir, quant, fused=True, head_bits=head_bits, accuracy_level=accuracy_level
