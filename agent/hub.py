@@ -11,17 +11,21 @@ Callers may rely on:
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import time
 from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
@@ -170,8 +174,35 @@ def model_files(model_id: str, revision: str = "main", installed: Collection[str
     options = listing.options(installed)
     if not options:
         raise NoOnnxError(model_id, layout_problem(listing.files))
+    graph, note = _expected_graph(listing)
     return ModelFilesResult(model_id=model_id, commit=listing.commit, options=options, gated=listing.gated,
-                            kind=listing.kind)
+                            kind=listing.kind, graph=graph, graph_note=note)
+
+
+CONFIG_BYTES = 1 << 20  # a config.json past this is not read to judge the graph
+
+
+def _expected_graph(listing: RepoListing) -> tuple[str, str]:
+    """Whether a chat repo will take the fast path, from its config.json (fetched into a temporary
+    folder, so asking never leaves anything in the cache); ``("", "")`` when that cannot be told."""
+    if listing.kind != "chat":
+        return "", ""
+    config = listing.files.get("config.json")
+    if config is None:
+        return "original", "the repo has no config.json"
+    if config.size > CONFIG_BYTES:
+        return "", ""
+    from agent.engine.graph_choice import expected_graph
+
+    with tempfile.TemporaryDirectory(prefix="hflocal-config-") as tmp:
+        try:
+            path = api().hf_hub_download(listing.model_id, "config.json", revision=listing.commit, local_dir=tmp,
+                                         etag_timeout=_API_TIMEOUT_S)
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError, requests.RequestException, HfHubHTTPError, LocalEntryNotFoundError,
+                OfflineModeIsEnabled):
+            return "", ""
+    return expected_graph(data)
 
 
 # --------------------------------------------------------------------------- search

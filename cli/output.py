@@ -61,6 +61,8 @@ def print_files(result: ModelFilesResult) -> None:
     rows = [[o.quantization, human_bytes(o.size), str(len(o.files)), "installed" if o.installed else ""]
             for o in result.options]
     print(table(rows, ["QUANT", "SIZE", "FILES", ""]))
+    if result.graph:
+        print(f"graph: {result.graph}" + (f" ({result.graph_note})" if result.graph_note else ""))
 
 
 def print_installed(result: InstalledResult) -> None:

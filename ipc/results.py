@@ -108,6 +108,13 @@ class ModelFilesResult(Message, kw_only=True):
     gated: bool = False
     kind: str = "chat"
     """What the repo's variants will be once installed: ``chat`` or ``embed``."""
+    graph: str = ""
+    """Which graph a chat model will run once installed, judged from its ``config.json``: ``fused``
+    (the fast path rewrites the export at its first load) or ``original`` (the export as it is);
+    empty when that cannot be told (an embedding model, a ``config.json`` that could not be fetched).
+    ``status`` reports what a loaded model really runs."""
+    graph_note: str = ""
+    """Why ``original``: the family, rope scaling or layout the fast path does not cover."""
 
 
 class InstalledModel(Message, kw_only=True):

@@ -37,6 +37,24 @@ def fast_path_enabled() -> bool:
     return os.environ.get("HFLOCAL_FAST_PATH", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def expected_graph(config: object) -> tuple[str, str]:
+    """``(graph, note)`` that a chat model with this ``config.json`` will run once installed, from the
+    config alone (``hflocal files``); a graph the rewrite then cannot read still runs the original."""
+    if not fast_path_enabled():
+        return "original", "the fast path is off (HFLOCAL_FAST_PATH=0)"
+    from agent.convert.fast_path import NotOnFastPath, shape_from_config
+
+    if not isinstance(config, dict):
+        return "original", "config.json is not a JSON object"
+    try:
+        shape_from_config(config)
+    except NotOnFastPath as exc:
+        return "original", str(exc)
+    except (KeyError, TypeError, ValueError) as exc:
+        return "original", f"config.json cannot be read for the fast path: {exc}"
+    return "fused", "rewritten into the fused graph at its first load"
+
+
 def open_graph(
     folder: Path, graph_file: Path, quantization: str, config: ModelConfig, providers: list[str], threads: int
 ) -> OpenedGraph:
@@ -64,5 +82,7 @@ def open_graph(
 
 def _open(path: Path, config: ModelConfig, providers: list[str], threads: int, graph: str, note: str) -> OpenedGraph:
     session = open_session(path, providers, threads)
-    contract = discover_contract(session.get_inputs(), session.get_outputs(), config, session.get_overridable_initializers())
+    contract = discover_contract(
+        session.get_inputs(), session.get_outputs(), config, session.get_overridable_initializers()
+    )
     return OpenedGraph(session, contract, path, graph, note)

@@ -58,3 +58,31 @@ def test_a_pulled_export_runs_rewritten_and_goes_with_its_variant(
     assert removed.returncode == 0, removed.stderr
     assert not rewrite.exists()
     assert not (repo_dir / ".hflocal-fast" / commit / "q4").exists()
+
+
+def test_files_says_which_graph_a_repo_will_run(
+    agent: AgentProcess, hub: HubServer, hub_repos: HubRepos, exports: Path
+) -> None:
+    """`hflocal files` tells, before the download, whether the fast path will take a repo, and why
+    not when it will not (from its config.json; asking leaves nothing in the cache)."""
+    repo = exports / "qwen3" / "repo"
+    files: dict[str, bytes] = {
+        p.relative_to(repo).as_posix(): p.read_bytes() for p in sorted(repo.rglob("*"))
+        if p.is_file() and ".hflocal-fast" not in p.parts and p.name in ("config.json", "tokenizer.json", "model_q4.onnx")
+    }
+    publish(hub_repos, "tiny-org/Tiny-Qwen3-ONNX", files)
+    other = json.loads(files["config.json"])
+    other["model_type"] = "gpt_neox"
+    publish(hub_repos, "tiny-org/Tiny-NeoX-ONNX", {**files, "config.json": json.dumps(other).encode()})
+    cached_before = sorted(p.name for p in (agent.home / "cache").glob("models--*"))
+
+    fused = json.loads(cli("files", "tiny-org/Tiny-Qwen3-ONNX", "--json", home=agent.home).stdout)
+    assert (fused["graph"], fused["kind"]) == ("fused", "chat"), fused
+    shown = cli("files", "tiny-org/Tiny-Qwen3-ONNX", home=agent.home).stdout
+    assert "graph: fused" in shown
+
+    original = json.loads(cli("files", "tiny-org/Tiny-NeoX-ONNX", "--json", home=agent.home).stdout)
+    assert original["graph"] == "original"
+    assert "'gpt_neox' is not on the fast path" in original["graph_note"]
+    assert "graph: original (model_type 'gpt_neox'" in cli("files", "tiny-org/Tiny-NeoX-ONNX", home=agent.home).stdout
+    assert sorted(p.name for p in (agent.home / "cache").glob("models--*")) == cached_before
