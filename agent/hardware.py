@@ -72,7 +72,7 @@ def available_providers() -> list[str]:
         import onnxruntime
 
         return list(onnxruntime.get_available_providers())
-    except Exception:  # noqa: BLE001 - a broken onnxruntime must not break `hflocal hw`
+    except Exception:  # a broken onnxruntime must not break `hflocal hw`
         return [CPU_PROVIDER]
 
 
@@ -150,7 +150,7 @@ def detect_gpus() -> list[GpuInfo]:
             if "Apple" in out:
                 gpus.append(GpuInfo(name=f"{out.strip()} GPU", vendor="Apple", source="sysctl"))
         return gpus
-    except Exception:  # noqa: BLE001 - GPU detection is best effort, never fatal
+    except Exception:  # GPU detection is best effort, never fatal
         return []
 
 
@@ -189,7 +189,7 @@ def hardware_info(paths: Paths) -> HardwareInfo:
     try:
         memory = psutil.virtual_memory()
         ram_total, ram_available = int(memory.total), int(memory.available)
-    except Exception:  # noqa: BLE001 - sandboxes may hide /proc/meminfo
+    except Exception:  # sandboxes may hide /proc/meminfo
         ram_total = ram_available = 0
     return HardwareInfo(
         os=f"{platform.system()} {platform.release()}".strip(),

@@ -27,10 +27,10 @@ def cap(text: str, limit: int = MAX_RECORD_CHARS) -> str:
 class CappedFormatter(logging.Formatter):
     """A ``logging.Formatter`` whose output is at most ``MAX_RECORD_CHARS`` (+ the count)."""
 
-    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+    def formatMessage(self, record: logging.LogRecord) -> str:  # logging's name
         return cap(super().formatMessage(record))
 
-    def formatException(self, ei: object) -> str:  # noqa: N802 - logging's name
+    def formatException(self, ei: object) -> str:  # logging's name
         return cap(super().formatException(ei))  # type: ignore[arg-type]
 
     def format(self, record: logging.LogRecord) -> str:

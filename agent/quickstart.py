@@ -91,7 +91,7 @@ def hub_has_model(model_id: str, timeout: float = HUB_CHECK_TIMEOUT_S) -> bool:
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - the configured Hub endpoint
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # the configured Hub endpoint
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -186,7 +186,7 @@ async def ensure_default_model(rt: Runtime, out: IO[str] | None = None) -> str |
         console.say(f"{key} is active (loaded in {time.monotonic() - started:.1f} s)")
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - the worker keeps serving without a default model
+    except Exception as exc:  # the worker keeps serving without a default model
         message = str(exc) if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}"
         console.say(f"could not set up a default model: {message}")
         rt.warnings.append(f"default model: {message}")

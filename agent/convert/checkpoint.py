@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         _emit(progress_out, {"error": "the export ran out of memory", "code": "internal"})
         return 1
-    except Exception as exc:  # noqa: BLE001 - the parent turns this into import.failed
+    except Exception as exc:  # the parent turns this into import.failed
         import traceback
 
         traceback.print_exc()

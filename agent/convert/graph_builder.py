@@ -46,7 +46,7 @@ class GraphBuilder:
         """Model metadata (``metadata_props``) written with the graph."""
         self._external_path = external_data
         self._location = external_location or (external_data.name if external_data else "")
-        self._external: BinaryIO | None = open(external_data, "wb") if external_data else None  # noqa: SIM115
+        self._external: BinaryIO | None = open(external_data, "wb") if external_data else None
 
     def _unique(self, base: str) -> str:
         n = self._counts.get(base, 0)

@@ -67,7 +67,7 @@ class _GenerationTag(jinja2.ext.Extension):
     """``{% generation %}…{% endgeneration %}`` marks assistant text for training masks; rendering
     only needs its body."""
 
-    tags = {"generation"}  # noqa: RUF012 - jinja2 reads this class attribute
+    tags = {"generation"}  # jinja2 reads this class attribute
 
     def parse(self, parser: Any) -> nodes.Node:
         lineno = next(parser.stream).lineno
@@ -117,7 +117,7 @@ def loops_over_content(env: jinja2.Environment, source: str) -> bool:
     """True if the template iterates ``message.content`` (it expects OpenAI content parts)."""
     try:
         tree = env.parse(source)
-    except Exception:  # noqa: BLE001 - a template that does not parse is reported when compiled
+    except Exception:  # a template that does not parse is reported when compiled
         return False
     return any(_is_content_node(loop.iter) for loop in tree.find_all(nodes.For))
 
@@ -163,7 +163,7 @@ class ChatTemplate:
                 continue
             try:
                 self._compiled[name] = self._env.from_string(source)
-            except Exception as exc:  # noqa: BLE001 - syntax, RecursionError on deep nesting, MemoryError...
+            except Exception as exc:  # syntax, RecursionError on deep nesting, MemoryError...
                 self._errors[name] = f"chat template {name!r} does not compile: {_short(exc)}"
             self._wants_parts[name] = loops_over_content(self._env, source)
 
@@ -212,7 +212,7 @@ class ChatTemplate:
             raise TemplateError(f"chat template failed: {_short(exc)}") from None
         except (RecursionError, MemoryError, OverflowError) as exc:
             raise TemplateError(f"chat template {name!r} failed: {type(exc).__name__}: {_short(exc)}") from None
-        except Exception as exc:  # noqa: BLE001 - anything else a template does is the template's fault
+        except Exception as exc:  # anything else a template does is the template's fault
             raise TemplateError(f"chat template failed on these messages: {_short(exc)}") from None
 
 

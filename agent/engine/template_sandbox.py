@@ -215,7 +215,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         _precheck_binop(operator_, left, right)
         return _check_size(self.binop_table[operator_](left, right), f"'{operator_}'")
 
-    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         _budget().tick()
         if isinstance(__obj, LoopContext) and args:  # ``loop(children)`` in a recursive loop: count those too
             args = (_Counted(args[0]), *args[1:])
