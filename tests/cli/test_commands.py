@@ -106,7 +106,8 @@ def test_search_by_query_and_the_curated_list(agent: AgentProcess, hub_repos: Hu
 def test_files_lists_each_quantization_with_its_size(agent: AgentProcess, tiny_model: TinyModel) -> None:
     human = ok(agent, "files", TINY).stdout
     assert human.splitlines()[0].startswith(TINY + " @ ")
-    assert [line.split()[0] for line in human.splitlines()[2:]] == ["q4", "fp32"]
+    assert [line.split()[0] for line in human.splitlines()[2:-1]] == ["q4", "fp32"]
+    assert human.splitlines()[-1].startswith("graph: fused (")  # the tiny model is a Llama: the fast path
     result = ok_json(agent, "files", TINY)
     assert result["model_id"] == TINY and len(result["commit"]) == 40 and result["gated"] is False
     sizes = {o["quantization"]: o["size"] for o in result["options"]}
@@ -114,6 +115,7 @@ def test_files_lists_each_quantization_with_its_size(agent: AgentProcess, tiny_m
     q4 = next(o for o in result["options"] if o["quantization"] == "q4")
     assert q4["files"][0] == "onnx/model_q4.onnx" and "tokenizer.json" in q4["files"]
     assert q4["installed"] is False
+    assert result["graph"] == "fused"
 
 
 # --------------------------------------------------------------------------- pull, ls, use, rm
