@@ -303,12 +303,16 @@ def rewrite(
     if info["tied_head"] and not shape.tie_word_embeddings:
         shape = LlamaShape(**{**shape.__dict__, "tie_word_embeddings": True})
     elif "lm_head.weight" in weights and shape.tie_word_embeddings:
-        # a tied head the export kept as its own matrix (optimum leaves it so past 2 GB, as for a 1B
-        # model): it is quantized apart from the embedding, so it is run as the untied head it is
-        shape = LlamaShape(**{**shape.__dict__, "tie_word_embeddings": False})
+        # A tied head the export kept as a matrix of its own (optimum does past 2 GB: every ~1B
+        # export), quantized there apart from the float embedding. The model is tied: the head is
+        # the embedding again, quantized once from its floats like any tied head (one table, not two).
+        del weights["lm_head.weight"]
     _check(shape, weights)
+    # Weights beside the graph, as the import writes them: onnxruntime maps them instead of copying
+    # a protobuf of the whole model (a 1B rewrite held inline took 5.6 GB to load, 2.4 GB this way).
     return write_llama_onnx(
-        shape, weights, out_dir, quant, fused=True, head_bits=head_bits, accuracy_level=accuracy_level
+        shape, weights, out_dir, quant, fused=True, head_bits=head_bits, accuracy_level=accuracy_level,
+        external_data=True,
     )
 
 
