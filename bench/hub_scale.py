@@ -39,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -252,6 +253,23 @@ def _ids(seed: int, n: int, vocab: int) -> list[int]:
     return [int(i) for i in np.random.default_rng(seed).integers(300, vocab - 2, n)]
 
 
+Run = Callable[[list[int], int], tuple[int, float, float, float]]
+"""One generation: (prompt ids, max tokens) -> (tokens, start, first token, last token) times."""
+
+
+def _measure(run: Run, vocab: int, reps: int, prompts: list[int], out: dict[str, Any]) -> dict[str, Any]:
+    """Decode rates after a warm-up, then time to first token for each prompt length; into ``out``."""
+    for rep in range(reps + 1):
+        n, _, first, last = run(_ids(rep, PROMPT_LEN, vocab), NEW_TOKENS)
+        if rep:  # the first is a warm-up
+            out["decode"].append((n - 1) / (last - first))
+    for length in prompts:
+        _, t0, first, _ = run(_ids(1000 + length, length, vocab), 1)
+        out["ttft_s"][str(length)] = first - t0
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
 def child_onnx(folder: Path, vocab: int, reps: int, prompts: list[int], threads: int) -> dict[str, Any]:
     from agent.engine.model import load_model
     from agent.engine.types import SamplingParams
@@ -272,15 +290,7 @@ def child_onnx(folder: Path, vocab: int, reps: int, prompts: list[int], threads:
                 last = now
         return n, t0, first, last
 
-    for rep in range(reps + 1):
-        n, _, first, last = run(_ids(rep, PROMPT_LEN, vocab), NEW_TOKENS)
-        if rep:  # the first is a warm-up
-            out["decode"].append((n - 1) / (last - first))
-    for length in prompts:
-        _, t0, first, _ = run(_ids(1000 + length, length, vocab), 1)
-        out["ttft_s"][str(length)] = first - t0
-    out["peak_rss_mb"] = peak_rss_mb()
-    return out
+    return _measure(run, vocab, reps, prompts, out)
 
 
 def child_llama(gguf: Path, vocab: int, reps: int, prompts: list[int], threads: int) -> dict[str, Any]:
@@ -308,15 +318,7 @@ def child_llama(gguf: Path, vocab: int, reps: int, prompts: list[int], threads: 
                 break
         return n, t0, first, last
 
-    for rep in range(reps + 1):
-        n, _, first, last = run(_ids(rep, PROMPT_LEN, vocab), NEW_TOKENS)
-        if rep:
-            out["decode"].append((n - 1) / (last - first))
-    for length in prompts:
-        _, t0, first, _ = run(_ids(1000 + length, length, vocab), 1)
-        out["ttft_s"][str(length)] = first - t0
-    out["peak_rss_mb"] = peak_rss_mb()
-    return out
+    return _measure(run, vocab, reps, prompts, out)
 
 
 def run_child(args: list[str], env: dict[str, str] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
