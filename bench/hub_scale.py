@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,9 +49,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent.convert.llama_shape import LlamaShape  # noqa: E402
+from agent.convert.llama_shape import LlamaShape, rope_inv_freq  # noqa: E402
 from bench.bandwidth import (  # noqa: E402
+    _GGUF_LAYER,
     Monitor,
+    _permute,
     graph_bytes_per_token,
     kv_bytes_per_token,
     machine,
@@ -155,13 +158,6 @@ def _checkpoint_tensors(checkpoint: Path) -> dict[str, np.ndarray]:
     return out
 
 
-_GGUF_LAYER = {
-    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-}
-
-
 def build_gguf(name: str, checkpoint: Path, path: Path) -> dict[str, int]:
     """Q4_0 matrices, Q8_0 tied embedding, F32 norms and biases, as llama.cpp's converter lays them
     out (q/k rows permuted for Llama's interleaved rotary, not for Qwen2's). Returns tensor bytes."""
@@ -179,17 +175,9 @@ def build_gguf(name: str, checkpoint: Path, path: Path) -> dict[str, int]:
     tmp = path.with_name(path.name + ".incomplete")
     w = GGUFWriter(str(tmp), arch)
     write_shape(w, shape, name=f"random {name}", context=32768, file_type=2)
-    if arch == "llama":
-        rs = config["rope_scaling"]
-        inv = 1.0 / (shape.rope_theta ** (np.arange(0, shape.head_dim, 2, dtype=np.float64) / shape.head_dim))
-        wavelen = 2 * np.pi / inv
-        low, high = rs["original_max_position_embeddings"] / rs["low_freq_factor"], \
-            rs["original_max_position_embeddings"] / rs["high_freq_factor"]
-        smooth = (rs["original_max_position_embeddings"] / wavelen - rs["low_freq_factor"]) / \
-            (rs["high_freq_factor"] - rs["low_freq_factor"])
-        factors = np.where(wavelen < high, 1.0,
-                           np.where(wavelen > low, rs["factor"], 1.0 / ((1 - smooth) / rs["factor"] + smooth)))
-        w.add_tensor("rope_freqs.weight", factors.astype(np.float32))
+    if arch == "llama":  # Llama 3's rope scaling as llama.cpp carries it: per-frequency divisors
+        plain = rope_inv_freq(replace(shape, rope_scaling=None)).astype(np.float64)
+        w.add_tensor("rope_freqs.weight", (plain / rope_inv_freq(shape)).astype(np.float32))
     tok = make_tokenizer(shape.vocab_size)
     vocab = shape.vocab_size
     w.add_tokenizer_model("gpt2")
@@ -215,9 +203,7 @@ def build_gguf(name: str, checkpoint: Path, path: Path) -> dict[str, int]:
             gname = f"blk.{layer}.{_GGUF_LAYER[base]}.{kind}"
             qtype = QT.F32 if value.ndim == 1 else QT.Q4_0
             if arch == "llama" and base in ("self_attn.q_proj", "self_attn.k_proj"):
-                heads = shape.num_heads if base == "self_attn.q_proj" else shape.num_kv_heads
-                value = value.reshape(heads, 2, value.shape[0] // heads // 2, *value.shape[1:]) \
-                    .swapaxes(1, 2).reshape(value.shape)
+                value = _permute(value, shape.num_heads if base == "self_attn.q_proj" else shape.num_kv_heads)
         data = value if qtype == QT.F32 else quants.quantize(value, qtype)
         sizes[gname] = int(data.nbytes)
         w.add_tensor(gname, data, raw_dtype=None if qtype == QT.F32 else qtype)

@@ -33,6 +33,9 @@ class OpenedGraph:
     """Why a model runs its original graph (an unknown family, a layout the rewrite cannot read)."""
 
 
+FAST_PATH_OFF = "the fast path is off (HFLOCAL_FAST_PATH=0)"
+
+
 def fast_path_enabled() -> bool:
     return os.environ.get("HFLOCAL_FAST_PATH", "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -41,7 +44,7 @@ def expected_graph(config: object) -> tuple[str, str]:
     """``(graph, note)`` that a chat model with this ``config.json`` will run once installed, from the
     config alone (``hflocal files``); a graph the rewrite then cannot read still runs the original."""
     if not fast_path_enabled():
-        return "original", "the fast path is off (HFLOCAL_FAST_PATH=0)"
+        return "original", FAST_PATH_OFF
     from agent.convert.fast_path import NotOnFastPath, shape_from_config
 
     if not isinstance(config, dict):
@@ -60,7 +63,7 @@ def open_graph(
 ) -> OpenedGraph:
     """A session on the fastest usable graph for ``graph_file``; the original whenever the rewrite is
     unavailable or fails to open (a failed rewrite is removed so the next load tries afresh)."""
-    note = "the fast path is off (HFLOCAL_FAST_PATH=0)"
+    note = FAST_PATH_OFF
     if fast_path_enabled():
         from agent.convert.fast_path import ALREADY_FUSED, fast_graph
 

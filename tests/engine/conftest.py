@@ -6,7 +6,6 @@ calls, so tests may share it. Tests that change a model (``close``) load their o
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,15 +26,9 @@ def fast_path_off() -> Iterator[None]:
     """These tests are about the engine running an export's own graph (its I/O contract, the runners);
     the tiny model is a Llama, so without this the fast path would run its fused rewrite instead
     (tests/convert covers the rewrite)."""
-    saved = os.environ.get("HFLOCAL_FAST_PATH")
-    os.environ["HFLOCAL_FAST_PATH"] = "0"
-    try:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HFLOCAL_FAST_PATH", "0")
         yield
-    finally:
-        if saved is None:
-            os.environ.pop("HFLOCAL_FAST_PATH", None)
-        else:
-            os.environ["HFLOCAL_FAST_PATH"] = saved
 
 
 @pytest.fixture
